@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Build build/out/FLAVOUR/initramfs.cpio: static busybox, /init and the
+# command agent (tests/guest/), the flavour's modules in /modules, and the
+# test payloads in /payload. Rewritten only when its content changes.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+flavour=${1:?usage: initramfs.sh release|debug}
+dest=$OUT/$flavour
+bb=$(dpkg -L busybox-static 2>/dev/null | grep -m1 '/bin/busybox$') ||
+	die "busybox-static is not installed" "run make setup"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+
+mkdir -p "$stage"/{bin,dev,proc,sys,tmp,modules,payload}
+cp "$bb" "$stage/bin/busybox"
+install -m 755 "$TOP/tests/guest/init" "$stage/init"
+install -m 755 "$TOP/tests/guest/agent" "$stage/agent"
+cp "$dest"/*.ko "$stage/modules/" 2>/dev/null || true
+# Test helpers, built static for the busybox guest.
+for c in "$TOP"/tests/guest/*.c; do
+	n=$(basename "$c" .c)
+	gcc -static -O2 -Wall -Wextra -Werror -o "$stage/bin/$n" "$c" ||
+		die "building the guest helper $c failed"
+done
+if [ -d "$dest/payload" ]; then
+	cp -r "$dest/payload/." "$stage/payload/"
+fi
+# Fixed order, owner and times, so equal input gives an equal archive.
+find "$stage" -exec touch -h -d @0 {} +
+(cd "$stage" && find . -print0 | LC_ALL=C sort -z |
+	cpio --null -o -H newc --owner 0:0 --reproducible --quiet) >"$stage.cpio"
+if cmp -s "$stage.cpio" "$dest/initramfs.cpio"; then
+	rm -f "$stage.cpio"
+else
+	mv "$stage.cpio" "$dest/initramfs.cpio"
+fi
+note "initramfs: ${dest#"$TOP"/}/initramfs.cpio ($(du -h "$dest/initramfs.cpio" | cut -f1))"

@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Fixtures shared by the guest tests.
+
+Every test fails when a guest log shows a kernel warning or error report
+during the test (see guest.SPLAT); the failure quotes the report.
+"""
+
+import os
+
+import pytest
+
+from guest import MiB, Guest, GuestError
+
+# Balloon drivers under test: parameter id -> module name in /modules.
+DRIVERS = {"c": "virtio_balloon"}
+
+FLAVOUR = os.environ.get("RB_FLAVOUR", "debug")
+# A KASAN kernel keeps 1/8 of RAM for its shadow: give debug guests room.
+GUEST_MEM = "4G" if FLAVOUR == "debug" else "2G"
+
+
+def _all_guests():
+    return list(Guest.instances)
+
+
+@pytest.fixture(autouse=True)
+def no_splat(request):
+    """Fail the test if any guest logged a kernel splat while it ran."""
+    start = {g: g.log_size() for g in _all_guests()}
+    yield
+    reports = []
+    for g in _all_guests():
+        if g.alive():
+            try:
+                g.sync_log()
+            except (GuestError, TimeoutError):
+                pass
+        for hit in g.splats(start.get(g, 0)):
+            reports.append(f"--- {g.name} ({g.console}):\n{hit}")
+    if reports:
+        pytest.fail("kernel report in the guest log:\n" + "\n".join(reports),
+                    pytrace=False)
+
+
+def boot(name, **kw):
+    kw.setdefault("flavour", FLAVOUR)
+    kw.setdefault("mem", GUEST_MEM)
+    g = Guest(name=name, **kw)
+    g.start()
+    hits = g.splats()
+    if hits:
+        g.close()
+        pytest.fail(f"kernel report while booting {name}:\n" + "\n".join(hits),
+                    pytrace=False)
+    return g
+
+
+@pytest.fixture(scope="module")
+def guest(request):
+    """A booted debug guest with a virtio-balloon device, shared by a module."""
+    g = boot(request.module.__name__.removeprefix("test_"))
+    yield g
+    g.close()
+
+
+class Driver:
+    """A balloon driver module loaded in a guest."""
+
+    def __init__(self, guest, module):
+        self.guest = guest
+        self.module = module
+        self.loaded = False
+
+    def load(self):
+        self.guest.sh(f"insmod /modules/{self.module}.ko")
+        self.loaded = True
+
+    def unload(self):
+        self.guest.sh(f"rmmod {self.module}")
+        self.loaded = False
+
+
+@pytest.fixture(params=list(DRIVERS))
+def driver(request, guest):
+    """The balloon driver under test, loaded with the host target at full
+    RAM; unloaded again (after a full deflate) at the end."""
+    ram = guest.ram_bytes()
+    guest.balloon(ram)
+    d = Driver(guest, DRIVERS[request.param])
+    d.load()
+    yield d
+    if d.loaded and guest.alive():
+        guest.balloon(ram)
+        guest.wait_actual(ram, timeout=300)
+        d.unload()

@@ -1,0 +1,421 @@
+# SPDX-License-Identifier: GPL-2.0
+"""A QEMU guest for the balloon tests: boot, command channel, QMP, logs.
+
+The guest's console (ttyS0) goes to a log file; a second serial port (ttyS1)
+carries the command agent of tests/guest/agent; QMP listens on a unix socket.
+Every wait has a timeout, and QEMU is killed when the Guest is closed, when
+the Python process exits, and (PR_SET_PDEATHSIG) when it dies.
+"""
+
+import atexit
+import base64
+import ctypes
+import itertools
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+TOP = Path(__file__).resolve().parent.parent
+BUILD = TOP / "build"
+OUT = BUILD / "out"
+RUN = BUILD / "run"
+
+QOM_BALLOON = "/machine/peripheral/balloon0"
+MiB = 1 << 20
+PAGE = 4096
+
+# Reports that fail any test when they appear in the guest log.
+SPLAT = re.compile(
+    r"WARNING:|BUG:|BUG kmalloc|kernel BUG|Oops|general protection fault|"
+    r"KASAN|KFENCE|UBSAN|possible recursive locking|circular locking|"
+    r"inconsistent lock state|suspicious RCU usage|lock held when returning|"
+    r"rcu: INFO:|detected stall|self-detected stall|"
+    r"blocked for more than|soft lockup|hard LOCKUP|"
+    r"Kernel panic|Call Trace:|cut here|kmemleak: .* new suspected|"
+    r"list_add corruption|list_del corruption|page dumped because"
+)
+
+
+class GuestError(Exception):
+    pass
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+
+
+def _pdeathsig():
+    # Take QEMU down with us even when the test process is killed.
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    os.setsid()
+
+
+def accel():
+    """tcg unless RB_ACCEL says otherwise or a probe boot proved KVM works."""
+    forced = os.environ.get("RB_ACCEL")
+    if forced:
+        return forced
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    stamp = RUN / "accel"
+    if stamp.exists():
+        return stamp.read_text().strip()
+    result = "tcg"
+    try:
+        flavour = "release" if (OUT / "release" / "bzImage").exists() else "debug"
+        g = Guest(flavour, mem="512M", smp=1, accel="kvm", name="kvm-probe")
+        try:
+            g.start(boot_timeout=20)
+            result = "kvm"
+        finally:
+            g.close()
+    except (GuestError, OSError):
+        pass
+    RUN.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(result + "\n")
+    return result
+
+
+class Guest:
+    """One QEMU process and its channels."""
+
+    _ids = itertools.count(1)
+    instances = []
+
+    def __init__(self, flavour="debug", mem="4G", smp=2, append="",
+                 balloon="", accel=None, name="guest", extra=(),
+                 kunit=False, shell=False):
+        self.flavour = flavour
+        self.mem = mem
+        self.smp = smp
+        self.accel = accel
+        self.name = name
+        self.dir = RUN / name
+        self.console = self.dir / "console.log"
+        self.kunit = kunit
+        self.shell = shell
+        self.append = append
+        self.balloon_opts = balloon
+        self.extra = list(extra)
+        self.proc = None
+        self.qmp_conn = None
+        self.agent = None
+        self._buf = b""
+        Guest.instances.append(self)
+
+    # -- life cycle -------------------------------------------------------
+
+    def command(self):
+        img = OUT / self.flavour
+        for f in ("bzImage", "initramfs.cpio"):
+            if not (img / f).exists():
+                raise GuestError(f"{img / f} missing: run make {self.flavour}")
+        accel = self.accel or accel_default()
+        append = [
+            "console=ttyS0", "loglevel=7", "panic=-1",
+            "kunit.enable=1" if self.kunit else "kunit.enable=0",
+            "rb.shell" if self.shell else "",
+            self.append,
+        ]
+        cmd = [
+            "qemu-system-x86_64", "-accel", accel,
+            "-cpu", "host" if accel == "kvm" else "max",
+            "-M", "q35", "-m", self.mem, "-smp", str(self.smp),
+            "-nodefaults", "-display", "none", "-no-reboot",
+            "-kernel", str(img / "bzImage"), "-initrd", str(img / "initramfs.cpio"),
+            "-append", " ".join(a for a in append if a),
+            "-qmp", f"unix:{self.dir / 'qmp.sock'},server=on,wait=off",
+        ]
+        if self.shell:
+            cmd += ["-serial", "mon:stdio"]
+        else:
+            cmd += ["-chardev", f"file,id=con,path={self.console}",
+                    "-serial", "chardev:con"]
+        cmd += ["-chardev", f"socket,id=agent,path={self.dir / 'agent.sock'},server=on,wait=off",
+                "-serial", "chardev:agent"]
+        # q35, whose ACPI PCI routing is a table: the loop in i440fx's _PRT
+        # can outlast ACPICA's 30 s loop timeout on a slow KASAN guest, and
+        # the device would get no interrupt. The balloon sits behind a PCIe
+        # root port so that it can be hot-unplugged.
+        cmd += ["-device", "pcie-root-port,id=rp0,chassis=1"]
+        if self.balloon_opts is not None:
+            opts = ",".join(o for o in ["virtio-balloon-pci", "id=balloon0",
+                                        "bus=rp0", self.balloon_opts] if o)
+            cmd += ["-device", opts]
+        return cmd + self.extra
+
+    def start(self, boot_timeout=None):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for f in ("qmp.sock", "agent.sock", "console.log"):
+            (self.dir / f).unlink(missing_ok=True)
+        cmd = self.command()
+        (self.dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL,
+            stdout=open(self.dir / "qemu.log", "wb"), stderr=subprocess.STDOUT,
+            preexec_fn=_pdeathsig)
+        _live.add(self)
+        self._wait_sockets()
+        self.qmp_conn = QEMUMonitorProtocol(str(self.dir / "qmp.sock"))
+        self.qmp_conn.connect(negotiate=True)
+        self.agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.agent.connect(str(self.dir / "agent.sock"))
+        if boot_timeout is None:
+            boot_timeout = 180 if self.flavour == "debug" else 60
+        self.wait_ready(boot_timeout)
+        return self
+
+    def _wait_sockets(self, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise GuestError(f"QEMU exited with {self.proc.returncode}: "
+                                 f"{(self.dir / 'qemu.log').read_text()[-2000:]}")
+            if (self.dir / "qmp.sock").exists() and (self.dir / "agent.sock").exists():
+                return
+            time.sleep(0.05)
+        raise GuestError("QEMU did not create its sockets")
+
+    def wait_ready(self, timeout, stall=90):
+        """Ping the agent until it answers: the guest has booted to /init.
+        Fails after timeout, or sooner when the console stays silent for
+        stall seconds (a hung boot or KUnit run)."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        size, grew = -1, t0
+        while True:
+            now = time.monotonic()
+            left = deadline - now
+            if self.log_size() != size:
+                size, grew = self.log_size(), now
+            if left <= 0 or (not self.shell and now - grew > stall):
+                why = "within %d s" % timeout if left <= 0 else \
+                    "and its console was silent for %d s" % stall
+                raise GuestError(f"guest did not answer {why}; "
+                                 f"console tail:\n{self.log()[-3000:]}")
+            try:
+                self.run("true", timeout=min(3, left))
+                self.boot_time = time.monotonic() - t0
+                return
+            except TimeoutError:
+                continue
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self):
+        if self.proc is None:
+            return
+        if self.alive() and self.qmp_conn is not None:
+            try:
+                self.qmp_conn.cmd("quit")
+            except Exception:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for c in (self.qmp_conn, self.agent):
+            try:
+                c.close()
+            except Exception:
+                pass
+        _live.discard(self)
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- command channel -------------------------------------------------
+
+    def run(self, cmd, timeout=120, check=True):
+        """Run a shell command in the guest; return its status and output."""
+        if not self.alive():
+            raise GuestError("QEMU is not running")
+        rid = f"rb{next(self._ids)}"
+        b64 = base64.b64encode(cmd.encode()).decode()
+        self.agent.sendall(f"\n{rid} {b64} {rid}\n".encode())
+        begin = f"@@rb-begin {rid}\n".encode()
+        end = re.compile(rf"@@rb-end {rid} (\d+)\n".encode())
+        deadline = time.monotonic() + timeout
+        while True:
+            m = end.search(self._buf)
+            if m and begin in self._buf[:m.start()]:
+                start = self._buf.index(begin) + len(begin)
+                body = self._buf[start:m.start()]
+                self._buf = self._buf[m.end():]
+                out = base64.b64decode(b"".join(body.split())).decode(errors="replace")
+                res = Result(int(m.group(1)), out)
+                if check and res.rc != 0:
+                    raise GuestError(f"`{cmd}` exited {res.rc}: {out}")
+                return res
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.alive():
+                raise TimeoutError(f"`{cmd}` gave no answer within {timeout} s"
+                                   + ("" if self.alive() else " (QEMU died)"))
+            self.agent.settimeout(min(left, 1.0))
+            try:
+                data = self.agent.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                raise GuestError("agent socket closed")
+            self._buf += data
+
+    def sync_log(self, timeout=30):
+        """Wait until everything the kernel printed so far is in the log."""
+        mark = f"rb-sync-{next(self._ids)}"
+        self.run(f"echo {mark} > /dev/kmsg")
+        deadline = time.monotonic() + timeout
+        while mark not in self.log()[-65536:]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("console log did not catch up")
+            time.sleep(0.05)
+
+    def sh(self, cmd, timeout=120):
+        return self.run(cmd, timeout=timeout).out
+
+    # -- guest observables ------------------------------------------------
+
+    def vmstat(self):
+        """/proc/vmstat after folding the per-CPU deltas (stat_refresh)."""
+        out = self.sh("echo 1 > /proc/sys/vm/stat_refresh; cat /proc/vmstat")
+        return {k: int(v) for k, v in (l.split() for l in out.splitlines())}
+
+    def meminfo(self):
+        """/proc/meminfo in kB."""
+        out = self.sh("cat /proc/meminfo")
+        res = {}
+        for line in out.splitlines():
+            k, v = line.split(":", 1)
+            res[k] = int(v.split()[0])
+        return res
+
+    def free_pages(self):
+        """Free pages, including those parked on the per-CPU lists that
+        MemFree leaves out."""
+        out = self.sh("grep MemFree /proc/meminfo; grep '^ *count:' /proc/zoneinfo")
+        lines = out.splitlines()
+        free = int(lines[0].split()[1]) // 4
+        return free + sum(int(l.split()[1]) for l in lines[1:])
+
+    # -- QMP ---------------------------------------------------------------
+
+    def qmp(self, cmd, **args):
+        r = self.qmp_conn.cmd(cmd, args or None)
+        if "error" in r:
+            raise QMPError(r["error"])
+        return r["return"]
+
+    def ram_bytes(self):
+        return self.qmp("query-memory-size-summary")["base-memory"]
+
+    def actual(self):
+        return self.qmp("query-balloon")["actual"]
+
+    def balloon(self, target):
+        self.qmp("balloon", value=target)
+
+    def wait_actual(self, target, timeout, settle=None):
+        """Wait until QMP `actual` equals target; with settle, until it has
+        stopped moving for that many seconds. Returns (actual, seconds)."""
+        t0 = time.monotonic()
+        last, last_change = None, t0
+        while True:
+            now = time.monotonic()
+            a = self.actual()
+            if a != last:
+                last, last_change = a, now
+            if a == target:
+                return a, now - t0
+            if settle is not None and now - last_change >= settle:
+                return a, last_change - t0
+            if now - t0 > timeout:
+                raise TimeoutError(f"balloon actual {a >> 20} MiB did not reach "
+                                   f"{target >> 20} MiB within {timeout} s")
+            if not self.alive():
+                raise GuestError("QEMU died while waiting for the balloon")
+            time.sleep(0.02)
+
+    def guest_stats(self):
+        return self.qmp("qom-get", path=QOM_BALLOON, property="guest-stats")
+
+    def set_stats_interval(self, seconds):
+        self.qmp("qom-set", path=QOM_BALLOON,
+                 property="guest-stats-polling-interval", value=seconds)
+
+    # -- log -----------------------------------------------------------------
+
+    def log(self):
+        try:
+            return self.console.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_size(self):
+        try:
+            return self.console.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def ignore_splats_before(self, offset):
+        """Reports before this log offset were provoked on purpose."""
+        self._ignore_before = offset
+
+    def splats(self, since=0):
+        """Lines of the console log (from byte offset since) that report a
+        kernel warning or error, each with a little context."""
+        since = max(since, getattr(self, "_ignore_before", 0))
+        try:
+            text = self.console.read_bytes()[since:].decode(errors="replace")
+        except FileNotFoundError:
+            text = ""
+        lines = text.splitlines()
+        hits = []
+        for i, line in enumerate(lines):
+            if SPLAT.search(line):
+                hits.append("\n".join(lines[max(0, i - 2):i + 12]))
+                if len(hits) >= 3:
+                    break
+        return hits
+
+
+class QMPError(Exception):
+    def __init__(self, err):
+        super().__init__(f"{err.get('class')}: {err.get('desc')}")
+        self.qmp_class = err.get("class")
+
+
+_live = set()
+_accel = None
+
+
+def accel_default():
+    global _accel
+    if _accel is None:
+        _accel = accel()
+    return _accel
+
+
+def _cleanup():
+    for g in list(_live):
+        g.close()
+
+
+atexit.register(_cleanup)

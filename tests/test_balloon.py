@@ -1,0 +1,137 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Balloon behaviour, driven from the host over QMP and observed in the
+guest. Parametrised over the drivers in conftest.DRIVERS: the C
+virtio_balloon.ko is the reference every other driver must match."""
+
+import pytest
+
+from guest import MiB, PAGE, QMPError
+
+# Generous: a KASAN guest under TCG inflates at about 300 MiB/s.
+MOVE_TIMEOUT = 300
+
+
+def balloon_counters(guest):
+    v = guest.vmstat()
+    return {k: v[k] for k in ("nr_balloon_pages", "balloon_inflate",
+                              "balloon_deflate", "balloon_migrate",
+                              "pgmigrate_success")}
+
+
+def mib_floor(n):
+    return n // MiB * MiB
+
+
+def test_inflate_deflate_targets(driver, guest):
+    """QMP `actual` reaches each target; the balloon counters and MemTotal
+    move by exactly the balloon's change."""
+    ram = guest.ram_bytes()
+    avail = guest.meminfo()["MemAvailable"] * 1024
+    mem0 = guest.meminfo()["MemTotal"]
+    prev = balloon_counters(guest)
+    assert prev["nr_balloon_pages"] == 0
+    size_prev = 0
+    for size in (mib_floor(avail // 4), mib_floor(avail // 2),
+                 mib_floor(avail // 8), 0):
+        target = ram - size
+        guest.balloon(target)
+        actual, secs = guest.wait_actual(target, timeout=MOVE_TIMEOUT)
+        print(f"target {target // MiB} MiB reached in {secs:.2f} s")
+        c = balloon_counters(guest)
+        pages = size // PAGE
+        assert c["nr_balloon_pages"] == pages
+        grow = max(0, size - size_prev) // PAGE
+        shrink = max(0, size_prev - size) // PAGE
+        assert c["balloon_inflate"] - prev["balloon_inflate"] == grow
+        assert c["balloon_deflate"] - prev["balloon_deflate"] == shrink
+        # Without deflate-on-oom every balloon page leaves MemTotal.
+        assert mem0 - guest.meminfo()["MemTotal"] == size // 1024
+        prev, size_prev = c, size
+
+
+def test_compaction_migrates_balloon_pages(driver, guest):
+    """Balloon pages scattered between free pages are migrated by
+    /proc/sys/vm/compact_memory; migration leaves the balloon's size alone."""
+    ram = guest.ram_bytes()
+    avail = guest.meminfo()["MemAvailable"] * 1024
+    # A checkerboard of held and free pages; the balloon fills the holes,
+    # then the holder exits and leaves free pages between balloon pages.
+    guest.sh(f"fragment {avail * 6 // 10 // MiB} >/tmp/frag.out 2>&1 & "
+             "echo $! >/tmp/frag.pid; "
+             "while ! grep -q ready /tmp/frag.out; do sleep 0.2; done",
+             timeout=600)
+    free = guest.meminfo()["MemFree"] * 1024
+    size = mib_floor(free - 256 * MiB)
+    guest.balloon(ram - size)
+    guest.wait_actual(ram - size, timeout=MOVE_TIMEOUT)
+    guest.sh("kill $(cat /tmp/frag.pid); "
+             "while kill -0 $(cat /tmp/frag.pid) 2>/dev/null; do sleep 0.2; done")
+    before = balloon_counters(guest)
+    guest.sh("echo 1 > /proc/sys/vm/compact_memory", timeout=600)
+    after = balloon_counters(guest)
+    migrated = after["balloon_migrate"] - before["balloon_migrate"]
+    print(f"balloon pages migrated: {migrated}")
+    assert migrated > 0
+    assert after["pgmigrate_success"] - before["pgmigrate_success"] >= migrated
+    assert after["nr_balloon_pages"] == before["nr_balloon_pages"] == size // PAGE
+    assert after["balloon_inflate"] == before["balloon_inflate"]
+    assert after["balloon_deflate"] == before["balloon_deflate"]
+    assert guest.actual() == ram - size
+
+
+def test_unload_returns_every_page(driver, guest):
+    """rmmod with an inflated balloon gives every page back to the guest and
+    tells the host."""
+    ram = guest.ram_bytes()
+    mem0 = guest.meminfo()["MemTotal"]
+    free0 = guest.free_pages()
+    size = mib_floor(guest.meminfo()["MemAvailable"] * 1024 // 3)
+    guest.balloon(ram - size)
+    guest.wait_actual(ram - size, timeout=MOVE_TIMEOUT)
+    assert balloon_counters(guest)["nr_balloon_pages"] == size // PAGE
+    driver.unload()
+    assert balloon_counters(guest)["nr_balloon_pages"] == 0
+    assert guest.meminfo()["MemTotal"] == mem0
+    # Free pages back within 16 MiB (slab and page cache move a little).
+    assert abs(guest.free_pages() - free0) * PAGE < 16 * MiB
+    assert guest.actual() == ram
+    guest.balloon(ram)
+
+
+def test_target_above_ram(driver, guest):
+    """A target above guest RAM is clamped by QEMU to RAM: the balloon
+    deflates completely and the guest carries on."""
+    ram = guest.ram_bytes()
+    guest.balloon(ram - 512 * MiB)
+    guest.wait_actual(ram - 512 * MiB, timeout=MOVE_TIMEOUT)
+    guest.balloon(4 * ram)
+    guest.wait_actual(ram, timeout=MOVE_TIMEOUT)
+    assert balloon_counters(guest)["nr_balloon_pages"] == 0
+    assert guest.run("echo alive").out == "alive\n"
+
+
+def test_target_1mib(driver, guest):
+    """A 1 MiB target asks for nearly all guest memory: the driver inflates
+    until allocations fail, stops, and the guest stays alive with no OOM
+    kill; deflating afterwards brings every page back."""
+    ram = guest.ram_bytes()
+    oom0 = guest.vmstat().get("oom_kill", 0)
+    mem0 = guest.meminfo()["MemTotal"]
+    guest.balloon(MiB)
+    actual, secs = guest.wait_actual(MiB, timeout=900, settle=20)
+    print(f"actual settled at {actual // MiB} MiB after {secs:.1f} s")
+    assert actual < ram // 2
+    assert guest.run("echo alive", timeout=60).out == "alive\n"
+    assert guest.vmstat().get("oom_kill", 0) == oom0
+    guest.balloon(ram)
+    guest.wait_actual(ram, timeout=MOVE_TIMEOUT)
+    assert balloon_counters(guest)["nr_balloon_pages"] == 0
+    assert guest.meminfo()["MemTotal"] == mem0
+
+
+def test_qmp_rejects_zero_target(guest):
+    """QMP refuses a zero target before it reaches the guest."""
+    with pytest.raises(QMPError, match="expects a size"):
+        guest.balloon(0)
+    assert guest.actual() == guest.ram_bytes()
+    assert guest.run("echo alive").out == "alive\n"

@@ -1,0 +1,37 @@
+# SPDX-License-Identifier: GPL-2.0
+"""The KUnit run at boot (Rust doctests and every built-in KUnit suite)."""
+
+import pytest
+
+import ktap
+from conftest import boot
+
+
+@pytest.fixture(scope="module")
+def kunit_log():
+    # One vCPU: see README ("KUnit boots run with -smp 1").
+    g = boot("kunit", kunit=True, smp=1, mem="2G")
+    try:
+        yield g.log()
+    finally:
+        g.close()
+
+
+def test_kunit_at_boot(kunit_log):
+    run = ktap.parse(kunit_log)
+    assert run.plan and run.plan > 0, "no KTAP output in the boot log"
+    assert run.complete, f"KTAP plan {run.plan}, {len(run.suites)} suites reported"
+    bad = [f"{s.name}: {s.failures or 'failed'}" for s in run.suites if not s.ok]
+    assert not bad, "failing KUnit suites:\n" + "\n".join(bad)
+    assert run.count("failed") == 0
+    print(f"KUnit: {len(run.suites)} suites, {run.count('total')} tests, "
+          f"{run.count('passed')} passed, {run.count('skipped')} skipped")
+    for s in run.suites:
+        print(f"  {s.name}: {s.passed}/{s.total}")
+
+
+def test_rust_doctests_ran(kunit_log):
+    run = ktap.parse(kunit_log)
+    doc = [s for s in run.suites if s.name == "rust_doctests_kernel"]
+    assert doc, "rust_doctests_kernel did not run"
+    assert doc[0].ok and doc[0].total > 300 and doc[0].passed == doc[0].total - doc[0].skipped
