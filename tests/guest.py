@@ -318,7 +318,11 @@ class Guest:
     # -- QMP ---------------------------------------------------------------
 
     def qmp(self, cmd, **args):
-        r = self.qmp_conn.cmd(cmd, args or None)
+        try:
+            r = self.qmp_conn.cmd(cmd, args or None)
+        except Exception as e:  # the QMP library's errors vary by cause
+            raise GuestError(f"QMP {cmd}: {e!r}"
+                             + ("" if self.alive() else " (QEMU died)")) from e
         if "error" in r:
             raise QMPError(r["error"])
         return r["return"]
