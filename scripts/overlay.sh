@@ -9,6 +9,8 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
+# The repository to install; another one only for the overlay's own tests.
+FROM=${OVERLAY_FROM:-$TOP}
 SRC=$(kernel_src)
 [ -n "$SRC" ] || die "no kernel source yet" "run scripts/fetch-kernel.sh"
 state=$CACHE/overlay/$(printf '%s' "$SRC" | sha1sum | cut -c1-12)
@@ -24,7 +26,7 @@ put() {
 	fi
 }
 
-cd "$TOP"
+cd "$FROM"
 git ls-files --cached --others --exclude-standard -- \
 	rust samples Documentation tools | sort -u |
 	while read -r f; do [ -f "$f" ] && echo "$f"; done >"$state/files.new"
@@ -35,7 +37,7 @@ while read -r f; do
 	if [ -e "$SRC/$f" ] && ! grep -qxF "$f" "$state/files"; then
 		die "$f exists upstream; change it with a patch in patches/, not a copy"
 	fi
-	put "$TOP/$f" "$SRC/$f"
+	put "$FROM/$f" "$SRC/$f"
 done <"$state/files.new"
 comm -23 "$state/files" "$state/files.new" | while read -r f; do
 	rm -f "$SRC/$f"
@@ -48,7 +50,7 @@ mv "$state/files.new" "$state/files"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 shopt -s nullglob
-patches=("$TOP"/patches/*.patch)
+patches=("$FROM"/patches/*.patch)
 for p in "${patches[@]}"; do
 	sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$p"
 done | sort -u >"$state/patched.new"
@@ -62,7 +64,7 @@ while read -r f; do
 	cp "$state/pristine/$f" "$scratch/$f"
 done <"$state/patched.new"
 for p in "${patches[@]}"; do
-	patch -s -p1 -d "$scratch" --no-backup-if-mismatch <"$p" >"$scratch/.log" 2>&1 ||
+	patch -s -p1 --fuzz=0 -d "$scratch" --no-backup-if-mismatch <"$p" >"$scratch/.log" 2>&1 ||
 		die "patches/${p##*/} does not apply to Linux $(kernel_version "$SRC")" \
 			"$(cat "$scratch/.log")"
 done

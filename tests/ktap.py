@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 _TIME = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 _PLAN = re.compile(r"^1\.\.(\d+)$")
 _RESULT = re.compile(r"^(not ok|ok) (\d+) (\S+)(?: # (SKIP|TODO).*)?$")
-_STATS = re.compile(r"^# (\S+): pass:(\d+) fail:(\d+) skip:(\d+) total:(\d+)$")
 
 
 @dataclass
@@ -36,10 +35,10 @@ class Run:
 
 def parse(log, suite_prefix=""):
     """KTAP run in log: the top-level plan and, per suite, its result and
-    counts. Nested results that failed are kept as `failures`."""
+    the counts of its test cases (the results one level down; deeper ones
+    are parameters, summed up by their case)."""
     run = Run()
-    stats = {}
-    failures = []
+    nested = []
     for raw in log.splitlines():
         line = _TIME.sub("", raw).rstrip()
         if run.plan is None and line == "KTAP version 1":
@@ -54,20 +53,26 @@ def parse(log, suite_prefix=""):
             if m:
                 run.plan = int(m.group(1))
             continue
-        m = _STATS.match(body)
-        if m and m.group(1) != "Totals":
-            stats[m.group(1)] = [int(x) for x in m.groups()[1:]]
-            continue
         m = _RESULT.match(body)
         if not m:
             continue
         if depth > 0:
-            if m.group(1) == "not ok":
-                failures.append(m.group(3))
+            nested.append((depth, m))
             continue
         s = Suite(m.group(3), ok=m.group(1) == "ok")
-        s.passed, s.failed, s.skipped, s.total = stats.get(s.name, (0, 0, 0, 0))
-        s.failures, failures = failures, []
+        top = min((d for d, _ in nested), default=0)
+        for d, c in nested:
+            if d != top:
+                continue
+            s.total += 1
+            if c.group(1) == "not ok":
+                s.failed += 1
+                s.failures.append(c.group(3))
+            elif c.group(4) == "SKIP":
+                s.skipped += 1
+            else:
+                s.passed += 1
+        nested = []
         if s.name.startswith(suite_prefix):
             run.suites.append(s)
     return run

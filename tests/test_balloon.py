@@ -3,6 +3,8 @@
 guest. Parametrised over the drivers in conftest.DRIVERS: the C
 virtio_balloon.ko is the reference every other driver must match."""
 
+import time
+
 import pytest
 
 from guest import MiB, PAGE, QMPError
@@ -116,3 +118,25 @@ def test_qmp_rejects_zero_target(guest):
         guest.balloon(0)
     assert guest.actual() == guest.ram_bytes()
     assert guest.run("echo alive").out == "alive\n"
+
+
+def test_guest_stats(driver, guest):
+    """The host polls the stats queue; the values match the guest's own
+    /proc/meminfo (total exactly, free within what a moment's drift moves)."""
+    guest.set_stats_interval(1)
+    try:
+        first = guest.guest_stats()["last-update"]
+        deadline = time.monotonic() + 60
+        while True:
+            st = guest.guest_stats()
+            if st["last-update"] > first and st["stats"]["stat-total-memory"] > 0:
+                break
+            assert time.monotonic() < deadline, f"stats never updated: {st}"
+            time.sleep(0.5)
+        m = guest.meminfo()
+        stats = st["stats"]
+        assert stats["stat-total-memory"] == m["MemTotal"] * 1024
+        assert abs(stats["stat-free-memory"] - m["MemFree"] * 1024) < 64 * MiB
+        assert abs(stats["stat-available-memory"] - m["MemAvailable"] * 1024) < 64 * MiB
+    finally:
+        guest.set_stats_interval(0)
