@@ -96,7 +96,7 @@ class Guest:
 
     def __init__(self, flavour="debug", mem="4G", smp=2, append="",
                  balloon="", accel=None, name="guest", extra=(),
-                 kunit=False, shell=False):
+                 kunit=False, shell=False, machine="q35"):
         self.flavour = flavour
         self.mem = mem
         self.smp = smp
@@ -106,6 +106,7 @@ class Guest:
         self.console = self.dir / "console.log"
         self.kunit = kunit
         self.shell = shell
+        self.machine = machine
         self.append = append
         self.balloon_opts = balloon
         self.extra = list(extra)
@@ -132,7 +133,7 @@ class Guest:
         cmd = [
             "qemu-system-x86_64", "-accel", accel,
             "-cpu", "host" if accel == "kvm" else "max",
-            "-M", "q35", "-m", self.mem, "-smp", str(self.smp),
+            "-M", self.machine, "-m", self.mem, "-smp", str(self.smp),
             "-nodefaults", "-display", "none", "-no-reboot",
             "-kernel", str(img / "bzImage"), "-initrd", str(img / "initramfs.cpio"),
             "-append", " ".join(a for a in append if a),
@@ -149,10 +150,13 @@ class Guest:
         # can outlast ACPICA's 30 s loop timeout on a slow KASAN guest, and
         # the device would get no interrupt. The balloon sits behind a PCIe
         # root port so that it can be hot-unplugged.
-        cmd += ["-device", "pcie-root-port,id=rp0,chassis=1"]
+        bus = []
+        if self.machine == "q35":
+            cmd += ["-device", "pcie-root-port,id=rp0,chassis=1"]
+            bus = ["bus=rp0"]
         if self.balloon_opts is not None:
             opts = ",".join(o for o in ["virtio-balloon-pci", "id=balloon0",
-                                        "bus=rp0", self.balloon_opts] if o)
+                                        *bus, self.balloon_opts] if o)
             cmd += ["-device", opts]
         return cmd + self.extra
 
