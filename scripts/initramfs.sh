@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 # Build build/out/FLAVOUR/initramfs.cpio: static busybox, /init and the
-# command agent (tests/guest/), the flavour's modules in /modules, and the
-# test payloads in /payload. Rewritten only when its content changes.
+# command agent (tests/guest/), the flavour's modules in /modules, the guest
+# helpers (tests/guest/*.c) in /bin and the project's kselftests in
+# /kselftest. Rewritten only when its content changes.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -13,7 +14,7 @@ bb=$(dpkg -L busybox-static 2>/dev/null | grep -m1 '/bin/busybox$') ||
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 
-mkdir -p "$stage"/{bin,dev,proc,sys,tmp,modules,payload}
+mkdir -p "$stage"/{bin,dev,proc,sys,tmp,modules}
 cp "$bb" "$stage/bin/busybox"
 install -m 755 "$TOP/tests/guest/init" "$stage/init"
 install -m 755 "$TOP/tests/guest/agent" "$stage/agent"
@@ -24,9 +25,17 @@ for c in "$TOP"/tests/guest/*.c; do
 	gcc -static -O2 -Wall -Wextra -Werror -o "$stage/bin/$n" "$c" ||
 		die "building the guest helper $c failed"
 done
-if [ -d "$dest/payload" ]; then
-	cp -r "$dest/payload/." "$stage/payload/"
-fi
+# This project's kselftests, built static with the kernel tree's lib.mk, in
+# /kselftest/<name>/.
+SRC=$(kernel_src)
+for t in "$TOP"/tools/testing/selftests/*/Makefile; do
+	[ -f "$t" ] || continue
+	n=$(basename "$(dirname "$t")")
+	mkdir -p "$stage/kselftest/$n"
+	make -s -C "$SRC/tools/testing/selftests/$n" OUTPUT="$stage/kselftest/$n" \
+		LDFLAGS=-static CFLAGS="-Wall -Werror -O2" >"$LOGS/kselftest-$n.log" 2>&1 ||
+		die "building kselftest $n failed" "log: $LOGS/kselftest-$n.log"
+done
 # Fixed order, owner and times, so equal input gives an equal archive.
 find "$stage" -exec touch -h -d @0 {} +
 (cd "$stage" && find . -print0 | LC_ALL=C sort -z |

@@ -35,3 +35,12 @@ def test_rust_doctests_ran(kunit_log):
     doc = [s for s in run.suites if s.name == "rust_doctests_kernel"]
     assert doc, "rust_doctests_kernel did not run"
     assert doc[0].ok and doc[0].total > 300 and doc[0].passed == doc[0].total - doc[0].skipped
+
+
+def test_rust_balloon_suite(kunit_log):
+    """The balloon wrapper's own KUnit suite ran and passed, every case."""
+    run = ktap.parse(kunit_log)
+    suite = [s for s in run.suites if s.name == "rust_kernel_balloon"]
+    assert suite, "rust_kernel_balloon did not run"
+    s = suite[0]
+    assert s.ok and s.failed == 0 and s.skipped == 0 and s.total >= 7, s

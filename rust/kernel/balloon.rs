@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Memory balloons.
+//!
+//! A memory balloon takes pages away from the kernel to hand the memory behind them to someone
+//! else, usually a hypervisor ("inflating"), and gives them back later ("deflating"). The balloon
+//! core keeps each balloon's pages on a list, counts them (`balloon_inflate`, `balloon_deflate`,
+//! `balloon_migrate` and `nr_balloon_pages` in `/proc/vmstat`; optionally the zones' managed
+//! pages, hence `MemTotal`), and gives them movable_ops, so that compaction can migrate them
+//! (Documentation/mm/page_migration.rst, "movable_ops page migration"). This module is how a
+//! Rust driver uses it.
+//!
+//! C header: [`include/linux/balloon.h`](srctree/include/linux/balloon.h)
+//!
+//! # Ownership
+//!
+//! A [`BalloonPage`] is a page the driver owns: [`BalloonPage::alloc`] gives one, dropping it
+//! frees it. [`Balloon::enqueue`] takes it and puts it in the balloon; from then on the driver
+//! has nothing that reaches the page, so it can neither use nor free it while the core or
+//! compaction may be moving it. [`Balloon::dequeue`] gives a page back as a [`BalloonPage`].
+//! [`PageList`] carries many pages at once, for the list versions of both.
+//!
+//! # Locking
+//!
+//! All balloons share one spinlock in `mm/balloon.c`, taken with interrupts off by every
+//! operation here; none of them sleeps, and all take `&self`, so a [`Balloon`] can be used from
+//! several threads at once. Migration callbacks ([`MigrationHandler::migrate`]) run without that
+//! lock, in process context, with the two pages locked; see the trait for what they may do.
+//!
+//! While pages are isolated for migration they are neither on the balloon list nor gone: a
+//! dequeue may find the list empty although [`Balloon::pages`] is not zero. That is a normal
+//! result here ([`None`], or fewer pages than asked for), never the `BUG()` that
+//! `balloon_page_dequeue()` raises when it believes pages were lost; this module never calls it.
+
+use crate::{
+    bindings,
+    prelude::*,
+    sync::atomic::{
+        Atomic,
+        Relaxed, //
+    },
+    time::{
+        delay::fsleep,
+        Delta, //
+    },
+    types::Opaque, //
+};
+use core::ptr::NonNull;
+use pin_init::stack_pin_init;
+
+mod migrate;
+mod page;
+
+pub use migrate::{
+    MigrateMode,
+    Migration,
+    MigrationHandler,
+    MigrationPage,
+    New,
+    NewPage,
+    Old,
+    OldPage, //
+};
+pub use page::{
+    BalloonPage,
+    PageList,
+    Pfn,
+    FRAMES_4K_PER_PAGE, //
+};
+
+/// Memory the kernel could hand to a balloon without swapping or killing anything, in pages:
+/// `MemAvailable` (`si_mem_available()`). A balloon that stops growing well before this reaches
+/// zero leaves the rest of the system room to live.
+pub fn available_pages() -> usize {
+    // SAFETY: `si_mem_available` has no preconditions.
+    let pages = unsafe { bindings::si_mem_available() };
+    usize::try_from(pages).unwrap_or(0)
+}
+
+/// Whether ballooned pages still count as the kernel's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManagedPages {
+    /// Pages in the balloon leave their zone's managed page count, so `MemTotal` shrinks as
+    /// the balloon grows: the memory is gone until the host gives it back.
+    Adjust,
+    /// Pages in the balloon stay in the managed page count: the memory is only lent and the
+    /// driver takes it back under memory pressure (virtio's deflate-on-oom).
+    Keep,
+}
+
+/// A memory balloon: `struct balloon_dev_info` and the driver's [`MigrationHandler`].
+///
+/// # Examples
+///
+/// ```
+/// use kernel::balloon::{Balloon, BalloonPage, ManagedPages};
+///
+/// let balloon = KBox::pin_init(Balloon::new(ManagedPages::Adjust, ()), GFP_KERNEL)?;
+/// if let Some(page) = BalloonPage::alloc() {
+///     let pfn = page.pfn();
+///     balloon.enqueue(page);
+///     assert_eq!(balloon.pages(), 1);
+///     // Nothing moves the page: `()` refuses every migration.
+///     let page = balloon.dequeue().ok_or(EINVAL)?;
+///     assert_eq!(page.pfn(), pfn);
+/// }
+/// assert_eq!(balloon.pages(), 0);
+/// # Ok::<(), Error>(())
+/// ```
+///
+/// # Teardown
+///
+/// A driver deflates its balloon, telling its host, before it drops it. If pages are left,
+/// dropping the balloon waits for migrations in flight, takes every page back, frees them and
+/// says so in the kernel log: the pages are not lost, but the host was not told.
+///
+/// # Invariants
+///
+/// - `info` is an initialised `struct balloon_dev_info` whose `migratepage` is
+///   [`Self::migrate_callback`], and it is pinned: the core links pages to it through
+///   `page->private`.
+/// - `pages` counts the pages in this balloon: on its list, or isolated from it for migration.
+///   It is raised only after a page was added and lowered no later than a page left.
+#[pin_data(PinnedDrop)]
+pub struct Balloon<H: MigrationHandler> {
+    #[pin]
+    info: Opaque<bindings::balloon_dev_info>,
+    pages: Atomic<usize>,
+    #[pin]
+    handler: H,
+}
+
+// SAFETY: The balloon core serialises all access to `info` with its own lock, `pages` is atomic,
+// and `H` is `Send`.
+unsafe impl<H: MigrationHandler> Send for Balloon<H> {}
+
+// SAFETY: Every method takes `&self` and is safe to call concurrently (see the module's locking
+// rules); `H` is `Sync`.
+unsafe impl<H: MigrationHandler> Sync for Balloon<H> {}
+
+impl<H: MigrationHandler> Balloon<H> {
+    /// Creates an empty balloon whose pages migrate through `handler`: a value, or an
+    /// initialiser for handlers that hold locks.
+    pub fn new<E>(managed: ManagedPages, handler: impl PinInit<H, E>) -> impl PinInit<Self, Error>
+    where
+        Error: From<E>,
+    {
+        try_pin_init!(Self {
+            info <- Opaque::ffi_init(move |info: *mut bindings::balloon_dev_info| {
+                // SAFETY: `info` is valid for writes and pinned, as the list head inside needs.
+                unsafe { bindings::balloon_devinfo_init(info) };
+                // SAFETY: `info` was just initialised and nothing else knows it yet.
+                unsafe {
+                    (*info).adjust_managed_page_count = managed == ManagedPages::Adjust;
+                    (*info).migratepage = Some(Self::migrate_callback);
+                }
+            }),
+            pages: Atomic::new(0),
+            handler <- handler,
+        }? Error)
+    }
+
+    /// The driver's migration handler, which also carries whatever state the driver keeps
+    /// with the balloon.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Number of pages in the balloon, isolated ones included.
+    pub fn pages(&self) -> usize {
+        self.pages.load(Relaxed)
+    }
+
+    /// Number of pages isolated for migration at the moment of the call; the figure may change
+    /// right after. A snapshot for statistics: [`Self::pages`] includes them.
+    pub fn isolated(&self) -> usize {
+        // SAFETY: `info` is valid (type invariant); the core changes `isolated_pages` under
+        // its lock, and a racy read of an aligned word is what this method promises.
+        unsafe { core::ptr::read_volatile(&raw const (*self.info.get()).isolated_pages) }
+    }
+
+    /// Puts a page in the balloon. The page is counted as ballooned (`balloon_inflate`,
+    /// `nr_balloon_pages`, and the managed page count if [`ManagedPages::Adjust`]) and may be
+    /// migrated from now on.
+    pub fn enqueue(&self, page: BalloonPage) {
+        let page = page.into_raw();
+        // SAFETY: `info` is valid (type invariant); we owned `page`, its `lru` is unused, and
+        // the balloon now holds it.
+        unsafe { bindings::balloon_page_enqueue(self.info.get(), page.as_ptr()) };
+        // INVARIANT: Raised after the page joined the balloon.
+        self.pages.add(1, Relaxed);
+    }
+
+    /// Puts every page of `list` in the balloon, leaving it empty; returns how many.
+    pub fn enqueue_list(&self, list: Pin<&mut PageList>) -> usize {
+        let n = list.len();
+        // SAFETY: `info` is valid (type invariant); `list` is initialised and owns its pages,
+        // which the core moves to the balloon.
+        let done = unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list.head()) };
+        // SAFETY: The core took all `n` pages off the list.
+        unsafe { list.adjust_len(0, n) };
+        // INVARIANT: Raised after the pages joined the balloon.
+        self.pages.add(done, Relaxed);
+        done
+    }
+
+    /// Takes one page out of the balloon, or [`None`] if the balloon list is empty, which it
+    /// may be while pages are isolated for migration. The page is no longer ballooned; tell the
+    /// host before dropping it, if the protocol asks for that.
+    pub fn dequeue(&self) -> Option<BalloonPage> {
+        stack_pin_init!(let list = PageList::new());
+        self.dequeue_list(list.as_mut(), 1);
+        list.as_mut().pop()
+    }
+
+    /// Moves up to `n` pages from the balloon to the end of `list`; returns how many. Fewer than
+    /// `n` come out when the balloon has fewer on its list.
+    pub fn dequeue_list(&self, list: Pin<&mut PageList>, n: usize) -> usize {
+        // SAFETY: `info` is valid (type invariant) and `list` is initialised. The list version
+        // returns what it finds and never `BUG()`s.
+        let done = unsafe { bindings::balloon_page_list_dequeue(self.info.get(), list.head(), n) };
+        // INVARIANT: Lowered right after the pages left the balloon; nothing else can count
+        // them in between, since the balloon no longer has them.
+        self.pages.fetch_sub(done, Relaxed);
+        // SAFETY: The core added `done` pages, taken out of the balloon, to the list.
+        unsafe { list.adjust_len(done, 0) };
+        done
+    }
+
+    /// `migratepage` of `struct balloon_dev_info`.
+    ///
+    /// # Safety
+    ///
+    /// Called by the balloon core only, with `info` a balloon's `info` field, `page` isolated
+    /// from it and both pages locked, valid for the duration of the call.
+    unsafe extern "C" fn migrate_callback(
+        info: *mut bindings::balloon_dev_info,
+        newpage: *mut bindings::page,
+        page: *mut bindings::page,
+        mode: bindings::migrate_mode,
+    ) -> c_int {
+        // SAFETY: Only `Balloon::<H>::new` installs this callback, so `info` is the `info` field
+        // of a `Balloon<H>`; it is alive, since it has an isolated page that its drop waits for.
+        let this = unsafe { &*crate::container_of!(Opaque::cast_from(info), Self, info) };
+        let (Some(new), Some(old)) = (NonNull::new(newpage), NonNull::new(page)) else {
+            return EINVAL.to_errno();
+        };
+        // SAFETY: The migration core keeps both pages valid and locked during the call, which
+        // the lifetimes of `new` and `old` cannot outlive.
+        let (new, old) = unsafe { (NewPage::from_raw(new), OldPage::from_raw(old)) };
+        let outcome = this
+            .handler
+            .migrate(&new, &old, MigrateMode::from_raw(mode));
+        if outcome == Migration::Deflated {
+            // INVARIANT: The core drops the old page from the balloon when it sees `-ENOENT`.
+            this.pages.fetch_sub(1, Relaxed);
+        }
+        outcome.to_errno()
+    }
+}
+
+#[pinned_drop]
+impl<H: MigrationHandler> PinnedDrop for Balloon<H> {
+    fn drop(self: Pin<&mut Self>) {
+        let mut left = 0;
+        loop {
+            stack_pin_init!(let list = PageList::new());
+            left += self.dequeue_list(list.as_mut(), usize::MAX);
+            // Pages isolated for migration come back to the list, or are replaced on it, as
+            // soon as their migration ends. Once none is counted and none is isolated, no page
+            // leads to `info` any more, and the last access of a migration to it was the
+            // decrement of `isolated_pages`, under the core's lock: one more lock round trip
+            // (a dequeue of nothing) waits for that critical section to end.
+            if self.pages() == 0 && self.isolated() == 0 {
+                self.dequeue_list(list.as_mut(), 0);
+                break;
+            }
+            fsleep(Delta::from_millis(1));
+        }
+        if left > 0 {
+            pr_warn!("balloon: dropped with {left} pages, freed without telling the host\n");
+        }
+    }
+}
+
+#[cfg(CONFIG_RUST_BALLOON_KUNIT_TEST)]
+mod tests;
