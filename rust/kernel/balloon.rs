@@ -119,8 +119,10 @@ pub enum ManagedPages {
 /// - `info` is an initialised `struct balloon_dev_info` whose `migratepage` is
 ///   [`Self::migrate_callback`], and it is pinned: the core links pages to it through
 ///   `page->private`.
-/// - `pages` counts the pages in this balloon: on its list, or isolated from it for migration.
-///   It is raised only after a page was added and lowered no later than a page left.
+/// - `pages` counts the pages in this balloon, on its list or isolated from it for migration.
+///   It is raised before pages join the balloon and lowered after they left it, so it never
+///   falls below the true count; the one exception is a page dropped by a `-ENOENT`
+///   migration, counted out just before the core drops it, while it is still isolated.
 #[pin_data(PinnedDrop)]
 pub struct Balloon<H: MigrationHandler> {
     #[pin]
@@ -184,24 +186,24 @@ impl<H: MigrationHandler> Balloon<H> {
     /// migrated from now on.
     pub fn enqueue(&self, page: BalloonPage) {
         let page = page.into_raw();
+        // INVARIANT: Raised before the page joins the balloon.
+        self.pages.add(1, Relaxed);
         // SAFETY: `info` is valid (type invariant); we owned `page`, its `lru` is unused, and
         // the balloon now holds it.
         unsafe { bindings::balloon_page_enqueue(self.info.get(), page.as_ptr()) };
-        // INVARIANT: Raised after the page joined the balloon.
-        self.pages.add(1, Relaxed);
     }
 
     /// Puts every page of `list` in the balloon, leaving it empty; returns how many.
     pub fn enqueue_list(&self, list: Pin<&mut PageList>) -> usize {
         let n = list.len();
-        // SAFETY: `info` is valid (type invariant); `list` is initialised and owns its pages,
-        // which the core moves to the balloon.
-        let done = unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list.head()) };
+        // INVARIANT: Raised before the pages join the balloon.
+        self.pages.add(n, Relaxed);
+        // SAFETY: `info` is valid (type invariant); `list` is initialised and owns its `n`
+        // pages, which the core moves to the balloon, all of them.
+        unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list.head()) };
         // SAFETY: The core took all `n` pages off the list.
         unsafe { list.adjust_len(0, n) };
-        // INVARIANT: Raised after the pages joined the balloon.
-        self.pages.add(done, Relaxed);
-        done
+        n
     }
 
     /// Takes one page out of the balloon, or [`None`] if the balloon list is empty, which it
@@ -219,8 +221,7 @@ impl<H: MigrationHandler> Balloon<H> {
         // SAFETY: `info` is valid (type invariant) and `list` is initialised. The list version
         // returns what it finds and never `BUG()`s.
         let done = unsafe { bindings::balloon_page_list_dequeue(self.info.get(), list.head(), n) };
-        // INVARIANT: Lowered right after the pages left the balloon; nothing else can count
-        // them in between, since the balloon no longer has them.
+        // INVARIANT: Lowered after the pages left the balloon.
         self.pages.fetch_sub(done, Relaxed);
         // SAFETY: The core added `done` pages, taken out of the balloon, to the list.
         unsafe { list.adjust_len(done, 0) };
