@@ -81,7 +81,7 @@ def accel():
             result = "kvm"
         finally:
             g.close()
-    except (GuestError, OSError):
+    except Exception:  # any failure of the probe means no KVM
         pass
     RUN.mkdir(parents=True, exist_ok=True)
     stamp.write_text(result + "\n")
@@ -172,10 +172,15 @@ class Guest:
             preexec_fn=_pdeathsig)
         _live.add(self)
         self._wait_sockets()
-        self.qmp_conn = QEMUMonitorProtocol(str(self.dir / "qmp.sock"))
-        self.qmp_conn.connect(negotiate=True)
-        self.agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.agent.connect(str(self.dir / "agent.sock"))
+        try:
+            self.qmp_conn = QEMUMonitorProtocol(str(self.dir / "qmp.sock"))
+            self.qmp_conn.connect(negotiate=True)
+            self.agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.agent.connect(str(self.dir / "agent.sock"))
+        except Exception as e:  # QEMU died after creating its sockets
+            self.close()
+            raise GuestError(f"cannot connect to QEMU: {e!r}; "
+                             f"{(self.dir / 'qemu.log').read_text()[-2000:]}") from e
         if boot_timeout is None:
             boot_timeout = 180 if self.flavour == "debug" else 60
         self.wait_ready(boot_timeout)

@@ -71,6 +71,16 @@ pub use page::{
 /// Memory the kernel could hand to a balloon without swapping or killing anything, in pages:
 /// `MemAvailable` (`si_mem_available()`). A balloon that stops growing well before this reaches
 /// zero leaves the rest of the system room to live.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::balloon::{available_pages, BalloonPage};
+///
+/// const RESERVE: usize = 16384;
+/// let page = if available_pages() > RESERVE { BalloonPage::alloc() } else { None };
+/// # drop(page);
+/// ```
 pub fn available_pages() -> usize {
     // SAFETY: `si_mem_available` has no preconditions.
     let pages = unsafe { bindings::si_mem_available() };
@@ -105,6 +115,26 @@ pub enum ManagedPages {
 ///     assert_eq!(page.pfn(), pfn);
 /// }
 /// assert_eq!(balloon.pages(), 0);
+/// # Ok::<(), Error>(())
+/// ```
+///
+/// The list versions move many pages at once:
+///
+/// ```
+/// use kernel::balloon::{Balloon, BalloonPage, ManagedPages, PageList};
+/// use pin_init::stack_pin_init;
+///
+/// let balloon = KBox::pin_init(Balloon::new(ManagedPages::Keep, ()), GFP_KERNEL)?;
+/// stack_pin_init!(let list = PageList::new());
+/// while list.len() < 16 {
+///     let Some(page) = BalloonPage::alloc() else { break };
+///     list.as_mut().push(page);
+/// }
+/// let n = balloon.enqueue_list(list.as_mut());
+/// assert!(list.is_empty() && balloon.pages() == n);
+/// // Asking for more than the balloon holds gives what it has.
+/// assert_eq!(balloon.dequeue_list(list.as_mut(), n + 10), n);
+/// assert_eq!((balloon.pages(), balloon.isolated()), (0, 0));
 /// # Ok::<(), Error>(())
 /// ```
 ///

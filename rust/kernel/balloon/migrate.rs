@@ -74,6 +74,10 @@ impl Migration {
 /// A page taking part in a migration, locked by the migration core for the duration of the
 /// callback, which its lifetime cannot outlive. The driver may only read its frame number;
 /// `R` says which of the two pages it is, so that they cannot be mixed up.
+///
+/// # Invariants
+///
+/// `page` points to a valid `struct page` for the whole lifetime `'a`.
 pub struct MigrationPage<'a, R> {
     page: NonNull<bindings::page>,
     _p: PhantomData<(&'a bindings::page, R)>,
@@ -98,6 +102,7 @@ impl<R> MigrationPage<'_, R> {
     ///
     /// `page` must be valid for the lifetime of the returned object.
     pub(super) unsafe fn from_raw(page: NonNull<bindings::page>) -> Self {
+        // INVARIANT: Guaranteed by the caller.
         Self {
             page,
             _p: PhantomData,
@@ -123,6 +128,44 @@ impl<R> MigrationPage<'_, R> {
 ///
 /// It must return promptly once the driver is tearing down: dropping a
 /// [`Balloon`](super::Balloon) waits for migrations in flight.
+///
+/// # Examples
+///
+/// A host that is told about each swap, and a driver lock that inflating holds across page
+/// allocations:
+///
+/// ```
+/// use kernel::balloon::{
+///     Balloon, ManagedPages, MigrateMode, Migration, MigrationHandler, NewPage, OldPage,
+/// };
+/// use kernel::{new_mutex, sync::Mutex};
+///
+/// #[pin_data]
+/// struct Host {
+///     #[pin]
+///     lock: Mutex<u64>,
+/// }
+///
+/// impl MigrationHandler for Host {
+///     fn migrate(&self, new: &NewPage<'_>, old: &OldPage<'_>, _mode: MigrateMode) -> Migration {
+///         // Waiting here could deadlock with an inflate that triggered this compaction.
+///         let Some(mut swaps) = self.lock.try_lock() else {
+///             return Migration::Busy;
+///         };
+///         // Tell the host: inflate `new.pfn()`, deflate `old.pfn()`.
+///         let _ = (new.pfn(), old.pfn());
+///         *swaps += 1;
+///         Migration::Migrated
+///     }
+/// }
+///
+/// let balloon = KBox::pin_init(
+///     Balloon::new(ManagedPages::Keep, pin_init!(Host { lock <- new_mutex!(0) })),
+///     GFP_KERNEL,
+/// )?;
+/// assert_eq!(*balloon.handler().lock.lock(), 0);
+/// # Ok::<(), Error>(())
+/// ```
 pub trait MigrationHandler: Send + Sync {
     /// Swaps `old` for `new` on the host side and reports the outcome.
     fn migrate(&self, new: &NewPage<'_>, old: &OldPage<'_>, mode: MigrateMode) -> Migration;

@@ -74,6 +74,19 @@ pub(crate) const fn frames_4k_with_shift(pfn: usize, page_shift: usize) -> Range
 /// contents are of no use to anyone, and while it sits in a balloon the host may have taken the
 /// memory behind it. Dropping it frees it.
 ///
+/// # Examples
+///
+/// ```
+/// use kernel::balloon::BalloonPage;
+///
+/// // Allocation fails quietly when memory is short: a balloon then stops growing.
+/// if let Some(page) = BalloonPage::alloc() {
+///     let frames = page.pfn().frames_4k();
+///     assert!(frames.start <= frames.end);
+///     // Dropped here: the page goes back to the page allocator.
+/// }
+/// ```
+///
 /// # Invariants
 ///
 /// `page` points to a valid order-0 `struct page` that this object owns exclusively: it holds
