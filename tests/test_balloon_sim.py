@@ -115,3 +115,36 @@ def test_unload_returns_every_page(sim):
     assert abs(sim.free_pages() - free0) * PAGE < 16 * MiB
     # Unloading with a full balloon is the driver's job, not the safety net's.
     assert "dropped with" not in sim.log()
+
+
+def fragment_inflate_compact(guest):
+    """Balloon pages between free pages, then compaction (as the kselftest
+    does); returns the vmstat balloon counters before and after."""
+    avail = guest.meminfo()["MemAvailable"] * 1024
+    guest.sh(f"fragment {avail * 6 // 10 // MiB} >/tmp/frag.out 2>&1 & "
+             "echo $! >/tmp/frag.pid; "
+             "while ! grep -q ready /tmp/frag.out; do sleep 0.2; done", timeout=600)
+    assert set_target(guest, guest.meminfo()["MemFree"] * 1024 // PAGE).rc == 0
+    guest.sh("kill $(cat /tmp/frag.pid); "
+             "while kill -0 $(cat /tmp/frag.pid) 2>/dev/null; do sleep 0.2; done")
+    keys = ("nr_balloon_pages", "balloon_deflate", "balloon_migrate")
+    before = {k: guest.vmstat()[k] for k in keys}
+    guest.sh("echo 1 > /proc/sys/vm/compact_memory", timeout=600)
+    return before, {k: guest.vmstat()[k] for k in keys}
+
+
+@pytest.mark.parametrize("answer", ["busy", "refuse"])
+def test_refused_migrations_leave_the_balloon_alone(sim, answer):
+    sim.sh(f"echo {answer} > {SIM}/host")
+    before, after = fragment_inflate_compact(sim)
+    st = stats(sim)
+    assert st["refused_migrations"] > 0 and st["migrated"] == 0
+    assert after == before
+    assert st["pages"] == after["nr_balloon_pages"]
+    assert set_target(sim, 0).rc == 0
+
+
+def test_bad_host_answer_is_refused(sim):
+    r = sim.run(f"echo maybe | dd of={SIM}/host bs=16 2>&1", check=False)
+    assert r.rc != 0 and "Invalid argument" in r.out
+    assert sim.sh(f"cat {SIM}/host") == "migrate\n"

@@ -5,8 +5,9 @@
 //! The balloon's size is set from inside the guest, through debugfs, and its pages go through
 //! the balloon core like those of any balloon driver: they are counted in `/proc/vmstat`
 //! (`nr_balloon_pages`, `balloon_inflate`, `balloon_deflate`), leave `MemTotal`, and
-//! compaction migrates them (`balloon_migrate`). The "host" agrees to every migration. It is
-//! the Rust counterpart of cmm's `simulate` mode, and what the balloon kselftest drives.
+//! compaction migrates them (`balloon_migrate`). The "host" agrees to every migration unless
+//! told otherwise. It is the Rust counterpart of cmm's `simulate` mode, and what the balloon
+//! kselftest drives.
 //!
 //! In `/sys/kernel/debug/rust_balloon_sim/`:
 //!
@@ -14,8 +15,12 @@
 //!   returns. Anything but a decimal page count fails with `EINVAL`, a size no machine has
 //!   with `ERANGE`; the balloon is left as it was.
 //! - `pages`: the size now, in pages.
+//! - `host`: how the simulated host answers migrations: `migrate` (the default), `deflate`
+//!   (old page deflated, new one refused: the balloon shrinks), `busy` (try again) or `refuse`.
+//!   Anything else fails with `EINVAL`.
 //! - `stats`: `key value` lines: size, target, the pages inflated, deflated and migrated since
-//!   the module was loaded, and how many times inflating stopped short.
+//!   the module was loaded, the migrations that deflated or were refused, and how many times
+//!   inflating stopped short.
 //!
 //! Inflating stops short, leaving the target unmet, when a page cannot be allocated or when
 //! `MemAvailable` falls to [`RESERVE_PAGES`]: a balloon that ate the last free pages would have
@@ -66,15 +71,33 @@ const RESERVE_PAGES: usize = (64 << 20) / PAGE_SIZE;
 /// How often inflating checks `MemAvailable`, in pages.
 const CHECK_EVERY: usize = 256;
 
-/// The simulated host: it agrees to every migration and counts them.
+/// How the simulated host answers migrations, as named in the `host` file.
+const ANSWERS: [(&str, Migration); 4] = [
+    ("migrate", Migration::Migrated),
+    ("deflate", Migration::Deflated),
+    ("busy", Migration::Busy),
+    ("refuse", Migration::Failed),
+];
+
+/// The simulated host: it answers every migration the same way and counts them.
 struct Host {
+    /// Index into [`ANSWERS`].
+    answer: Atomic<usize>,
     migrated: Atomic<u64>,
+    deflated: Atomic<u64>,
+    refused: Atomic<u64>,
 }
 
 impl MigrationHandler for Host {
     fn migrate(&self, _new: &NewPage<'_>, _old: &OldPage<'_>, _mode: MigrateMode) -> Migration {
-        self.migrated.add(1, Relaxed);
-        Migration::Migrated
+        let (_, answer) = ANSWERS[self.answer.load(Relaxed)];
+        let counter = match answer {
+            Migration::Migrated => &self.migrated,
+            Migration::Deflated => &self.deflated,
+            Migration::Busy | Migration::Failed => &self.refused,
+        };
+        counter.add(1, Relaxed);
+        answer
     }
 }
 
@@ -94,7 +117,10 @@ impl BalloonSim {
     fn new() -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
             balloon <- Balloon::new(ManagedPages::Adjust, Host {
+                answer: Atomic::new(0),
                 migrated: Atomic::new(0),
+                deflated: Atomic::new(0),
+                refused: Atomic::new(0),
             }),
             target <- new_mutex!(0),
             inflated: Atomic::new(0),
@@ -155,6 +181,32 @@ fn write_target(sim: &BalloonSim, reader: &mut UserSliceReader) -> Result {
     Ok(())
 }
 
+fn write_host(sim: &BalloonSim, reader: &mut UserSliceReader) -> Result {
+    let mut buf = [0u8; 16];
+    let len = reader.len();
+    if len == 0 || len >= buf.len() {
+        return Err(EINVAL);
+    }
+    reader.read_slice(&mut buf[..len])?;
+    let text = core::str::from_utf8(&buf[..len])
+        .map_err(|_| EINVAL)?
+        .trim();
+    let i = ANSWERS
+        .iter()
+        .position(|(name, _)| *name == text)
+        .ok_or(EINVAL)?;
+    sim.balloon.handler().answer.store(i, Relaxed);
+    Ok(())
+}
+
+fn show_host(sim: &BalloonSim, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(
+        f,
+        "{}",
+        ANSWERS[sim.balloon.handler().answer.load(Relaxed)].0
+    )
+}
+
 fn show_target(sim: &BalloonSim, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(f, "{}", *sim.target.lock())
 }
@@ -169,11 +221,10 @@ fn show_stats(sim: &BalloonSim, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(f, "target {}", *sim.target.lock())?;
     writeln!(f, "inflated {}", sim.inflated.load(Relaxed))?;
     writeln!(f, "deflated {}", sim.deflated.load(Relaxed))?;
-    writeln!(
-        f,
-        "migrated {}",
-        sim.balloon.handler().migrated.load(Relaxed)
-    )?;
+    let host = sim.balloon.handler();
+    writeln!(f, "migrated {}", host.migrated.load(Relaxed))?;
+    writeln!(f, "deflated_by_migration {}", host.deflated.load(Relaxed))?;
+    writeln!(f, "refused_migrations {}", host.refused.load(Relaxed))?;
     writeln!(f, "stopped_short {}", sim.stopped_short.load(Relaxed))
 }
 
@@ -187,6 +238,7 @@ impl kernel::Module for BalloonSimModule {
         let sim = KBox::pin_init(
             Scope::dir(BalloonSim::new(), c"rust_balloon_sim", |sim, d| {
                 d.read_write_callback_file(c"target", sim, &show_target, &write_target);
+                d.read_write_callback_file(c"host", sim, &show_host, &write_host);
                 d.read_callback_file(c"pages", sim, &show_pages);
                 d.read_callback_file(c"stats", sim, &show_stats);
             }),
