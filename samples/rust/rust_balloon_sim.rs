@@ -166,15 +166,21 @@ impl PinnedDrop for BalloonSim {
     }
 }
 
-fn write_target(sim: &BalloonSim, reader: &mut UserSliceReader) -> Result {
-    let mut buf = [0u8; 24];
+/// What was written to a control file, trimmed; `EINVAL` if it is empty, does not fit `buf`,
+/// or is not text.
+fn read_text<'a>(reader: &mut UserSliceReader, buf: &'a mut [u8]) -> Result<&'a str> {
     let len = reader.len();
     if len == 0 || len >= buf.len() {
         return Err(EINVAL);
     }
     reader.read_slice(&mut buf[..len])?;
     let text = core::str::from_utf8(&buf[..len]).map_err(|_| EINVAL)?;
-    let target: usize = text.trim().parse().map_err(|_| EINVAL)?;
+    Ok(text.trim())
+}
+
+fn write_target(sim: &BalloonSim, reader: &mut UserSliceReader) -> Result {
+    let mut buf = [0u8; 24];
+    let target: usize = read_text(reader, &mut buf)?.parse().map_err(|_| EINVAL)?;
     // More bytes than the address space holds: no machine has that much memory.
     target.checked_mul(PAGE_SIZE).ok_or(ERANGE)?;
     sim.resize(target);
@@ -183,14 +189,7 @@ fn write_target(sim: &BalloonSim, reader: &mut UserSliceReader) -> Result {
 
 fn write_host(sim: &BalloonSim, reader: &mut UserSliceReader) -> Result {
     let mut buf = [0u8; 16];
-    let len = reader.len();
-    if len == 0 || len >= buf.len() {
-        return Err(EINVAL);
-    }
-    reader.read_slice(&mut buf[..len])?;
-    let text = core::str::from_utf8(&buf[..len])
-        .map_err(|_| EINVAL)?
-        .trim();
+    let text = read_text(reader, &mut buf)?;
     let i = ANSWERS
         .iter()
         .position(|(name, _)| *name == text)
