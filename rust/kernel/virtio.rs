@@ -1,0 +1,496 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Abstractions for the virtio bus.
+//!
+//! C header: [`include/linux/virtio.h`](srctree/include/linux/virtio.h)
+//!
+//! A virtio driver implements [`Driver`] and registers with [`module_virtio_driver!`]. The bus
+//! calls, in this order: [`Driver::validate`] (features negotiated, no driver data yet),
+//! [`Driver::probe`] (creates the driver data, usually including the driver's
+//! [`Virtqueues`]), then any of [`Driver::config_changed`], [`Driver::freeze`],
+//! [`Driver::restore`] and [`Driver::shutdown`] while the device is bound, and at last
+//! [`Driver::unbind`].
+//!
+//! # Teardown
+//!
+//! The abstraction, not the driver, tears the device down. After [`Driver::unbind`] returns the
+//! device is reset, as the virtio core requires of `remove()`. The driver data is dropped after
+//! that; when it holds [`Virtqueues`], their drop hands every buffer the device still held back
+//! to its owner (and so drops it), then deletes the queues. Nothing the driver owns can be
+//! reached by the device once it is dropped.
+
+use crate::{
+    bindings,
+    device,
+    driver,
+    error::{
+        from_result,
+        to_result,
+        VTABLE_DEFAULT_ERROR, //
+    },
+    prelude::*,
+    str::CStr,
+    types::Opaque,
+    ThisModule, //
+};
+use core::{
+    marker::PhantomData,
+    mem::offset_of,
+    ptr::{
+        addr_of_mut,
+        NonNull, //
+    },
+};
+
+mod buffer;
+mod config;
+mod features;
+mod id;
+pub mod virtqueue;
+
+/// Little-endian integer types for configuration layouts and buffers.
+pub use zerocopy::byteorder::little_endian as le;
+
+pub use self::features::{
+    Feature,
+    FeatureSet, //
+};
+pub use self::id::{
+    DeviceId,
+    IdTable, //
+};
+pub use self::virtqueue::{
+    Buffer,
+    QueueInfo,
+    Virtqueues, //
+};
+
+/// An adapter for the registration of virtio drivers.
+pub struct Adapter<T: Driver>(T);
+
+// SAFETY:
+// - `bindings::virtio_driver` is a C type declared as `repr(C)`.
+// - `T::Data` is the type of the driver's device private data.
+// - `struct virtio_driver` embeds a `struct device_driver`.
+// - `DEVICE_DRIVER_OFFSET` is the correct byte offset to the embedded `struct device_driver`.
+unsafe impl<T: Driver + 'static> driver::DriverLayout for Adapter<T> {
+    type DriverType = bindings::virtio_driver;
+    type DriverData<'bound> = T::Data<'bound>;
+    const DEVICE_DRIVER_OFFSET: usize = offset_of!(Self::DriverType, driver);
+}
+
+// SAFETY: A call to `unregister` for a given instance of `DriverType` is guaranteed to be valid if
+// a preceding call to `register` has been successful.
+unsafe impl<T: Driver + 'static> driver::RegistrationOps for Adapter<T> {
+    unsafe fn register(
+        vdrv: &Opaque<Self::DriverType>,
+        name: &'static CStr,
+        module: &'static ThisModule,
+    ) -> Result {
+        let features = features::raw_table(T::FEATURES)?;
+
+        // SAFETY: It's safe to set the fields of `struct virtio_driver` on initialization. A NULL
+        // optional callback keeps the virtio core's default behaviour, which is why only the
+        // callbacks the driver implements are installed.
+        unsafe {
+            let drv = vdrv.get();
+            (*drv).driver.name = name.as_char_ptr();
+            (*drv).id_table = T::ID_TABLE.as_ptr();
+            (*drv).feature_table = features.as_ptr();
+            (*drv).feature_table_size = features.len() as u32;
+            (*drv).probe = Some(Self::probe_callback);
+            (*drv).remove = Some(Self::remove_callback);
+            if T::HAS_VALIDATE {
+                (*drv).validate = Some(Self::validate_callback);
+            }
+            if T::HAS_CONFIG_CHANGED {
+                (*drv).config_changed = Some(Self::config_changed_callback);
+            }
+            if T::HAS_SHUTDOWN {
+                (*drv).shutdown = Some(Self::shutdown_callback);
+            }
+            #[cfg(CONFIG_PM_SLEEP)]
+            if T::HAS_FREEZE {
+                (*drv).freeze = Some(Self::freeze_callback);
+                (*drv).restore = Some(Self::restore_callback);
+            }
+        }
+
+        // SAFETY: `vdrv` is guaranteed to be a valid `DriverType`.
+        to_result(unsafe { bindings::__register_virtio_driver(vdrv.get(), module.as_ptr()) })
+    }
+
+    unsafe fn unregister(vdrv: &Opaque<Self::DriverType>) {
+        // SAFETY: `vdrv` is guaranteed to be a valid `DriverType`.
+        unsafe { bindings::unregister_virtio_driver(vdrv.get()) }
+    }
+}
+
+impl<T: Driver + 'static> Adapter<T> {
+    extern "C" fn validate_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: The virtio bus only ever calls the validate callback with a valid pointer to a
+        // `struct virtio_device`, with the device lock held, during probe.
+        //
+        // INVARIANT: `vdev` is valid for the duration of `validate_callback()`.
+        let dev = unsafe { &*vdev.cast::<Device<device::Core<'_>>>() };
+        let mut features = FeatureSet::new(dev);
+
+        from_result(|| T::validate(dev, &mut features).map(|()| 0))
+    }
+
+    extern "C" fn probe_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: The virtio bus only ever calls the probe callback with a valid pointer to a
+        // `struct virtio_device`.
+        //
+        // INVARIANT: `vdev` is valid for the duration of `probe_callback()`.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+
+        // `priv` belongs to the bound driver, and `Virtqueues` keeps itself there. A driver bound
+        // before (a C one, say) may have left its own pointer behind.
+        // SAFETY: `vdev` is valid, and no queues exist before probe.
+        unsafe { (*vdev).priv_ = core::ptr::null_mut() };
+
+        from_result(|| {
+            let data = T::probe(dev);
+
+            dev.as_ref().set_drvdata(data)?;
+            Ok(0)
+        })
+    }
+
+    extern "C" fn remove_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: The virtio bus only ever calls the remove callback with a valid pointer to a
+        // `struct virtio_device`.
+        //
+        // INVARIANT: `vdev` is valid for the duration of `remove_callback()`.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+
+        // SAFETY: `remove_callback` is only ever called after a successful call to
+        // `probe_callback`, hence it's guaranteed that `Device::set_drvdata()` has been called
+        // and stored a `Pin<KBox<T::Data<'_>>>`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+
+        T::unbind(dev, data);
+
+        // `virtio_dev_remove()` checks that the device is reset as soon as we return; the driver
+        // data, and with it any `Virtqueues`, is only dropped after that.
+        dev.reset();
+    }
+
+    extern "C" fn config_changed_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: The virtio core only calls `config_changed` with a valid pointer to a
+        // `struct virtio_device` whose driver is bound: between the end of a successful probe and
+        // the start of remove.
+        //
+        // INVARIANT: `vdev` is valid and bound for the duration of `config_changed_callback()`.
+        let dev = unsafe { &*vdev.cast::<Device<device::BoundInternal>>() };
+
+        // SAFETY: The device is bound, so `probe_callback` has stored a
+        // `Pin<KBox<T::Data<'_>>>`, which is only dropped after unbind.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+
+        T::config_changed(dev, data);
+    }
+
+    extern "C" fn shutdown_callback(vdev: *mut bindings::virtio_device) {
+        // SAFETY: The virtio bus only calls shutdown with a valid pointer to a `struct
+        // virtio_device` whose driver is bound, with the device lock held.
+        //
+        // INVARIANT: `vdev` is valid for the duration of `shutdown_callback()`.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+
+        // SAFETY: The device is bound, so `probe_callback` has stored a
+        // `Pin<KBox<T::Data<'_>>>`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+
+        T::shutdown(dev, data);
+
+        // A driver's shutdown replaces the core's; the core's is still what quiesces the device.
+        // SAFETY: `vdev` is a valid `struct virtio_device`.
+        unsafe { bindings::virtio_device_shutdown(vdev) };
+    }
+
+    #[cfg(CONFIG_PM_SLEEP)]
+    extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: The virtio bus only calls freeze with a valid pointer to a `struct
+        // virtio_device` whose driver is bound, with the device lock held.
+        //
+        // INVARIANT: `vdev` is valid for the duration of `freeze_callback()`.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+
+        // SAFETY: The device is bound, so `probe_callback` has stored a
+        // `Pin<KBox<T::Data<'_>>>`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+
+        from_result(|| T::freeze(dev, data).map(|()| 0))
+    }
+
+    #[cfg(CONFIG_PM_SLEEP)]
+    extern "C" fn restore_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: As for `freeze_callback`.
+        //
+        // INVARIANT: `vdev` is valid for the duration of `restore_callback()`.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+
+        // SAFETY: The device is bound, so `probe_callback` has stored a
+        // `Pin<KBox<T::Data<'_>>>`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+
+        from_result(|| T::restore(dev, data).map(|()| 0))
+    }
+}
+
+/// Declares a kernel module that exposes a single virtio driver.
+///
+/// # Examples
+///
+/// ```ignore
+/// kernel::module_virtio_driver! {
+///     type: MyDriver,
+///     name: "Module name",
+///     authors: ["Author name"],
+///     description: "Description",
+///     license: "GPL v2",
+/// }
+/// ```
+#[macro_export]
+macro_rules! module_virtio_driver {
+    ($($f:tt)*) => {
+        $crate::module_driver!(<T>, $crate::virtio::Adapter<T>, { $($f)* });
+    };
+}
+
+/// The virtio driver trait.
+///
+/// Optional callbacks are only installed when implemented, because the virtio core behaves
+/// differently when one is absent (no `shutdown` means the core quiesces the device itself, no
+/// `freeze` means the device cannot suspend).
+///
+/// # Examples
+///
+/// ```
+/// use kernel::{c_str, device::Core, prelude::*, virtio};
+///
+/// struct MyDriver;
+///
+/// kernel::virtio_device_table!(
+///     VIRTIO_TABLE,
+///     [virtio::DeviceId::new(virtio::DeviceId::ENTROPY)]
+/// );
+///
+/// #[vtable]
+/// impl virtio::Driver for MyDriver {
+///     type Data<'bound> = ();
+///
+///     const ID_TABLE: virtio::IdTable = &VIRTIO_TABLE;
+///     const FEATURES: &'static [virtio::Feature] = &[];
+///
+///     fn probe<'bound>(
+///         dev: &'bound virtio::Device<Core<'_>>,
+///     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+///         dev.ready();
+///         Ok(())
+///     }
+/// }
+/// ```
+#[vtable]
+pub trait Driver {
+    /// The driver's per-device data, created in probe and dropped after unbind.
+    ///
+    /// It is shared with callbacks that run in interrupt context, hence `Sync`.
+    type Data<'bound>: Send + Sync + 'bound;
+
+    /// The table of device ids supported by the driver.
+    const ID_TABLE: IdTable;
+
+    /// The device features the driver understands; the device is offered no other.
+    const FEATURES: &'static [Feature];
+
+    /// Checks or trims the negotiated features before they are final.
+    ///
+    /// Runs before probe, without driver data.
+    fn validate(dev: &Device<device::Core<'_>>, features: &mut FeatureSet<'_>) -> Result {
+        let _ = (dev, features);
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Binds the driver to `dev`.
+    ///
+    /// Queues created here may already deliver callbacks before probe returns. If probe does not
+    /// call [`Device::ready`], the virtio core does so after it returns.
+    fn probe<'bound>(
+        dev: &'bound Device<device::Core<'_>>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound;
+
+    /// Unbinds the driver: the last moment the device still works.
+    ///
+    /// The device is reset when this returns, and the data dropped after that.
+    fn unbind<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        let _ = (dev, this);
+    }
+
+    /// The device changed its configuration space.
+    ///
+    /// Runs in atomic context (under the core's config spin lock): it must not sleep, so it
+    /// cannot read the configuration space itself. Drivers typically queue work.
+    fn config_changed<'bound>(dev: &'bound Device<device::Bound>, this: Pin<&Self::Data<'bound>>) {
+        let _ = (dev, this);
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Quiesces the driver before the system shuts down; the abstraction then resets the device.
+    fn shutdown<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        let _ = (dev, this);
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Prepares for system sleep: release the queues and reset the device.
+    ///
+    /// Implementing `freeze` requires implementing [`Driver::restore`] too.
+    fn freeze<'bound>(
+        dev: &'bound Device<device::Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> Result {
+        let _ = (dev, this);
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Brings the device back after [`Driver::freeze`].
+    fn restore<'bound>(
+        dev: &'bound Device<device::Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> Result {
+        let _ = (dev, this);
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+}
+
+/// The virtio device representation.
+///
+/// This structure represents the Rust abstraction for a C `struct virtio_device`. The
+/// implementation abstracts the usage of an already existing C `struct virtio_device` within Rust
+/// code that we get passed from the C side.
+///
+/// # Invariants
+///
+/// A [`Device`] instance represents a valid `struct virtio_device` created by a virtio transport.
+#[repr(transparent)]
+pub struct Device<Ctx: device::DeviceContext = device::Normal>(
+    Opaque<bindings::virtio_device>,
+    PhantomData<Ctx>,
+);
+
+impl<Ctx: device::DeviceContext> Device<Ctx> {
+    #[inline]
+    fn as_raw(&self) -> *mut bindings::virtio_device {
+        self.0.get()
+    }
+
+    /// Returns the device type (`VIRTIO_ID_*`), e.g. [`DeviceId::BALLOON`].
+    pub fn device_type(&self) -> u32 {
+        // SAFETY: By the type invariant `self.as_raw()` is a valid `struct virtio_device`, whose
+        // id is set by the transport before the device is registered.
+        unsafe { (*self.as_raw()).id.device }
+    }
+
+    /// Returns the vendor id the transport reported.
+    pub fn vendor_id(&self) -> u32 {
+        // SAFETY: As for `device_type`.
+        unsafe { (*self.as_raw()).id.vendor }
+    }
+
+    /// Returns whether `feature` was negotiated.
+    ///
+    /// Unlike the C `virtio_has_feature()`, which `BUG()`s when asked about a device feature its
+    /// driver did not offer, this reports such a question as a driver bug in the log and answers
+    /// `false`: the device cannot have negotiated it.
+    pub fn has_feature(&self, feature: Feature) -> bool {
+        features::negotiated(self.as_raw(), feature)
+    }
+
+    /// Sets `DRIVER_OK` unless set; only while bound, from probe or restore.
+    fn ready_raw(&self) {
+        if u32::from(self.status()) & bindings::VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            return;
+        }
+        // SAFETY: By the type invariant `self.as_raw()` is a valid `struct virtio_device`, and
+        // the check above keeps the `WARN_ON()` in `virtio_device_ready()` from firing.
+        unsafe { bindings::virtio_device_ready(self.as_raw()) };
+    }
+
+    /// Returns the device status byte (`VIRTIO_CONFIG_S_*`).
+    fn status(&self) -> u8 {
+        // SAFETY: By the type invariant `self.as_raw()` is a valid `struct virtio_device`.
+        unsafe { bindings::virtio_get_status(self.as_raw()) }
+    }
+}
+
+impl<'a> Device<device::Core<'a>> {
+    /// Marks the driver ready (`DRIVER_OK`): from now on the device may use the queues.
+    ///
+    /// A driver that needs the device working before probe returns calls this; otherwise the
+    /// virtio core does after probe. Calling it on a device already marked ready does nothing.
+    pub fn ready(&self) {
+        self.ready_raw();
+    }
+
+    /// Resets the device: it stops using the queues and its interrupt handlers have finished.
+    ///
+    /// Buffers the device held stay in their queues until the [`Virtqueues`] are dropped.
+    pub fn reset(&self) {
+        // SAFETY: By the type invariant `self.as_raw()` is a valid `struct virtio_device`.
+        unsafe { bindings::virtio_reset_device(self.as_raw()) };
+    }
+}
+
+// SAFETY: `virtio::Device` is a transparent wrapper of `struct virtio_device`.
+// The offset is guaranteed to point to a valid device field inside `virtio::Device`.
+unsafe impl<Ctx: device::DeviceContext> device::AsBusDevice<Ctx> for Device<Ctx> {
+    const OFFSET: usize = offset_of!(bindings::virtio_device, dev);
+}
+
+// SAFETY: `Device` is a transparent wrapper of a type that doesn't depend on `Device`'s generic
+// argument.
+kernel::impl_device_context_deref!(unsafe { Device });
+kernel::impl_device_context_into_aref!(Device);
+
+// SAFETY: Instances of `Device` are always reference-counted.
+unsafe impl crate::sync::aref::AlwaysRefCounted for Device {
+    #[inline]
+    fn inc_ref(&self) {
+        // SAFETY: The existence of a shared reference guarantees that the refcount is non-zero.
+        unsafe { bindings::get_device(addr_of_mut!((*self.as_raw()).dev)) };
+    }
+
+    #[inline]
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: The safety requirements guarantee that the refcount is non-zero.
+        unsafe {
+            bindings::put_device(addr_of_mut!(
+                (*obj.cast::<bindings::virtio_device>().as_ptr()).dev
+            ))
+        }
+    }
+}
+
+impl<Ctx: device::DeviceContext> AsRef<device::Device<Ctx>> for Device<Ctx> {
+    fn as_ref(&self) -> &device::Device<Ctx> {
+        // SAFETY: By the type invariant of `Self`, `self.as_raw()` is a pointer to a valid
+        // `struct virtio_device`.
+        let dev = unsafe { addr_of_mut!((*self.as_raw()).dev) };
+
+        // SAFETY: `dev` points to a valid `struct device`.
+        unsafe { device::Device::from_raw(dev) }
+    }
+}
+
+// SAFETY: A `Device` is always reference-counted and can be released from any thread.
+unsafe impl Send for Device {}
+
+// SAFETY: `Device` can be shared among threads because all methods of `Device`
+// (i.e. `Device<Normal>`) are thread safe.
+unsafe impl Sync for Device {}
+
+// SAFETY: Same as `Device<Normal>`: the underlying `struct virtio_device` is the same; `Bound` is a
+// zero-sized type-state marker that does not affect thread safety.
+unsafe impl Sync for Device<device::Bound> {}

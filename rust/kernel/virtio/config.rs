@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The device configuration space.
+//!
+//! C header: [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h)
+//!
+//! Drivers describe the layout as a `#[repr(C)]` struct of little-endian fields
+//! (`zerocopy::byteorder::little_endian::U32` and friends) and access single fields with
+//! [`virtio_cread!`](crate::virtio_cread) and [`virtio_cwrite!`](crate::virtio_cwrite). Both may
+//! sleep.
+
+use super::Device;
+use crate::{
+    bindings,
+    device,
+    prelude::*, //
+};
+use core::mem::size_of;
+use zerocopy::Immutable;
+
+/// The widest single access to split `len` bytes at `offset` into: transports only implement
+/// 1, 2, 4 and 8 byte accesses, naturally aligned.
+fn access_width(offset: usize, len: usize) -> usize {
+    [8, 4, 2]
+        .into_iter()
+        .find(|w| offset % w == 0 && len % w == 0)
+        .unwrap_or(1)
+}
+
+impl Device<device::Bound> {
+    /// Reads the field of type `F` at `offset` of the configuration layout `C`.
+    ///
+    /// The read is repeated until the device's configuration generation is stable, so a field
+    /// wider than one access is never torn. Use [`virtio_cread!`](crate::virtio_cread).
+    #[doc(hidden)]
+    pub fn config_read<C, F: FromBytes + IntoBytes>(
+        &self,
+        offset: usize,
+        _field: fn(&C) -> &F,
+    ) -> F {
+        build_assert!(offset + size_of::<F>() <= size_of::<C>());
+        let mut value = F::new_zeroed();
+        let len = size_of::<F>();
+        let width = access_width(offset, len);
+        // SAFETY:
+        // - `self.as_raw()` is a valid `struct virtio_device` with a bound driver;
+        // - `value` is valid for writes of `len` bytes, and `F: FromBytes` makes any bytes the
+        //   device returns a valid `F`;
+        // - `offset..offset + len` lies within the driver's layout `C`.
+        unsafe {
+            bindings::__virtio_cread_many(
+                self.as_raw(),
+                offset as u32,
+                value.as_mut_bytes().as_mut_ptr().cast(),
+                len / width,
+                width,
+            )
+        };
+        value
+    }
+
+    /// Writes `value` to the field of type `F` at `offset` of the configuration layout `C`.
+    /// Use [`virtio_cwrite!`](crate::virtio_cwrite).
+    #[doc(hidden)]
+    pub fn config_write<C, F: IntoBytes + Immutable>(
+        &self,
+        offset: usize,
+        _field: fn(&C) -> &F,
+        value: F,
+    ) {
+        build_assert!(offset + size_of::<F>() <= size_of::<C>());
+        let bytes = value.as_bytes();
+        let width = access_width(offset, bytes.len());
+        for (i, chunk) in bytes.chunks(width).enumerate() {
+            // SAFETY: `self.as_raw()` is a valid `struct virtio_device` with a bound driver, and
+            // `chunk` is valid for reads of `chunk.len()` bytes within the driver's layout `C`.
+            unsafe {
+                bindings::virtio_config_set(
+                    self.as_raw(),
+                    (offset + i * width) as u32,
+                    chunk.as_ptr().cast(),
+                    chunk.len() as u32,
+                )
+            };
+        }
+    }
+}
+
+/// Reads one field of a virtio device's configuration space.
+///
+/// `$layout` is the driver's `#[repr(C)]` description of the configuration space; the field's
+/// type is what is returned, so little-endian fields come back as `little_endian::U32` etc.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::{device::Bound, prelude::*, virtio};
+/// use zerocopy::byteorder::little_endian::U32;
+///
+/// #[repr(C)]
+/// struct Config {
+///     num_pages: U32,
+///     actual: U32,
+/// }
+///
+/// fn target(dev: &virtio::Device<Bound>) -> u32 {
+///     kernel::virtio_cread!(dev, Config, num_pages).get()
+/// }
+/// ```
+#[macro_export]
+macro_rules! virtio_cread {
+    ($dev:expr, $layout:ty, $field:ident) => {
+        $dev.config_read(::core::mem::offset_of!($layout, $field), |c: &$layout| {
+            &c.$field
+        })
+    };
+}
+
+/// Writes one field of a virtio device's configuration space.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::{device::Bound, prelude::*, virtio};
+/// use zerocopy::byteorder::little_endian::U32;
+///
+/// #[repr(C)]
+/// struct Config {
+///     num_pages: U32,
+///     actual: U32,
+/// }
+///
+/// fn report(dev: &virtio::Device<Bound>, pages: u32) {
+///     kernel::virtio_cwrite!(dev, Config, actual, U32::new(pages));
+/// }
+/// ```
+#[macro_export]
+macro_rules! virtio_cwrite {
+    ($dev:expr, $layout:ty, $field:ident, $value:expr) => {
+        $dev.config_write(
+            ::core::mem::offset_of!($layout, $field),
+            |c: &$layout| &c.$field,
+            $value,
+        )
+    };
+}

@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Virtio feature bits and their negotiation.
+//!
+//! C header: [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h)
+
+use super::Device;
+use crate::{
+    bindings,
+    device,
+    prelude::*, //
+};
+
+/// A virtio feature bit.
+///
+/// Device-specific features (`VIRTIO_<DEVICE>_F_*`) are offered to the device only when listed
+/// in [`Driver::FEATURES`](super::Driver::FEATURES). Transport features (`VIRTIO_F_*`, bits
+/// `VIRTIO_TRANSPORT_F_START..VIRTIO_TRANSPORT_F_END`) are negotiated by the transport.
+///
+/// # Invariants
+///
+/// The bit is below `VIRTIO_FEATURES_BITS`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Feature(u32);
+
+impl Feature {
+    /// The feature bit `bit`.
+    ///
+    /// # Panics
+    ///
+    /// Panics, at compile time when used in a constant, if `bit` is not below
+    /// `VIRTIO_FEATURES_BITS`.
+    pub const fn new(bit: u32) -> Self {
+        assert!(bit < bindings::VIRTIO_FEATURES_BITS);
+        // INVARIANT: Checked above.
+        Self(bit)
+    }
+
+    /// The bit number.
+    pub const fn bit(self) -> u32 {
+        self.0
+    }
+
+    const fn is_transport(self) -> bool {
+        self.0 >= bindings::VIRTIO_TRANSPORT_F_START && self.0 < bindings::VIRTIO_TRANSPORT_F_END
+    }
+}
+
+/// Builds the raw table `struct virtio_driver` points at.
+///
+/// Transport bits are refused: the transport decides those, and listing one would let a driver
+/// believe it had a say.
+pub(super) fn raw_table(features: &'static [Feature]) -> Result<&'static [u32]> {
+    if features.iter().any(|f| f.is_transport()) {
+        return Err(EINVAL);
+    }
+    // SAFETY: `Feature` is a `u32` newtype with the same layout (it holds nothing else), and the
+    // slice is `'static`.
+    Ok(unsafe { core::slice::from_raw_parts(features.as_ptr().cast::<u32>(), features.len()) })
+}
+
+/// Whether the driver bound to `vdev` offered `feature`: `virtio_check_driver_offered_feature()`
+/// without its `BUG()`.
+fn offered(vdev: *mut bindings::virtio_device, feature: Feature) -> bool {
+    if feature.is_transport() {
+        return true;
+    }
+    // SAFETY: `vdev` is a valid device (caller) with a bound virtio driver, so `dev.driver` is
+    // embedded in a `struct virtio_driver` whose feature table is valid for its size.
+    let table = unsafe {
+        let drv = crate::container_of!((*vdev).dev.driver, bindings::virtio_driver, driver);
+        if (*drv).feature_table.is_null() {
+            return false;
+        }
+        core::slice::from_raw_parts((*drv).feature_table, (*drv).feature_table_size as usize)
+    };
+    table.contains(&feature.0)
+}
+
+/// Whether `feature` was negotiated with `vdev`; a feature the driver never offered is a driver
+/// bug, reported and answered `false` (the device cannot have negotiated it).
+pub(super) fn negotiated(vdev: *mut bindings::virtio_device, feature: Feature) -> bool {
+    if !offered(vdev, feature) {
+        // SAFETY: `vdev` is valid (caller), so is the `struct device` embedded in it.
+        let dev: &device::Device =
+            unsafe { device::Device::from_raw(core::ptr::addr_of_mut!((*vdev).dev)) };
+        dev_err!(
+            dev,
+            "feature bit {} is not in the driver's feature table\n",
+            feature.0
+        );
+        return false;
+    }
+    // SAFETY: `vdev` is a valid `struct virtio_device` and `feature` is below
+    // `VIRTIO_FEATURES_BITS` by the type invariant.
+    unsafe { bindings::__virtio_test_bit(vdev, feature.0) }
+}
+
+/// The features negotiated so far, handed to [`Driver::validate`](super::Driver::validate),
+/// which may clear some before they become final.
+pub struct FeatureSet<'a> {
+    dev: &'a Device<device::Core<'a>>,
+}
+
+impl<'a> FeatureSet<'a> {
+    pub(super) fn new(dev: &'a Device<device::Core<'a>>) -> Self {
+        Self { dev }
+    }
+
+    /// Returns whether `feature` is negotiated.
+    pub fn has(&self, feature: Feature) -> bool {
+        negotiated(self.dev.as_raw(), feature)
+    }
+
+    /// Withdraws `feature`, e.g. a feature this configuration cannot support.
+    pub fn clear(&mut self, feature: Feature) {
+        // SAFETY: `dev` is a valid device in its validate callback, where the negotiated
+        // features may still change; `feature` is in range by its type invariant.
+        unsafe { bindings::__virtio_clear_bit(self.dev.as_raw(), feature.0) };
+    }
+}

@@ -1,0 +1,521 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Virtqueues: the rings through which a driver lends buffers to its device.
+//!
+//! C header: [`include/linux/virtio.h`](srctree/include/linux/virtio.h)
+//!
+//! # Ownership
+//!
+//! Adding a [`Buffer`] moves it into the queue; [`QueueGuard::get_buf`] moves it back when the
+//! device has used it, and dropping the [`Virtqueues`] drops whatever the device never returned.
+//! The device is not trusted: it names used buffers by ring index, and the ring (`virtio_ring.c`)
+//! maps an index to the token the driver added, refusing an index that is out of range or not in
+//! flight (which also catches duplicates) and marking the queue broken. So each token comes back
+//! at most once, and only one this queue was given. The used length the device reports is
+//! clamped to the buffer's size.
+//!
+//! # Context and locking
+//!
+//! - Ring operations (add, kick, get_buf, callback control) need mutual exclusion per queue:
+//!   each queue has a mutex, taken by [`Virtqueues::lock`], so they run in process context.
+//! - Queue callbacks run in hard-IRQ context, from the moment `find_vqs` creates the queues,
+//!   before the driver's probe has returned, until the queues are deleted. They only touch state
+//!   initialised before `find_vqs`: the per-queue wait queue and the driver's [`Handler`].
+//! - A callback first wakes the queue's waiters, under a per-queue IRQ-safe spin lock that
+//!   [`QueueGuard::wait_buf`] holds from its check of the ring until it sleeps, so no wake-up is
+//!   lost; then it calls [`Handler::used`].
+
+use super::Device;
+use crate::{
+    alloc::Flags,
+    bindings, device, new_condvar, new_mutex, new_spinlock_irq,
+    prelude::*,
+    str::CStr,
+    sync::{
+        CondVar,
+        Mutex,
+        MutexGuard,
+        SpinLockIrq, //
+    },
+};
+use core::{
+    any::TypeId,
+    marker::{
+        PhantomData,
+        PhantomPinned, //
+    },
+    ptr::{
+        addr_of,
+        null,
+        null_mut, //
+    },
+};
+
+pub use super::buffer::Buffer;
+
+/// The buffer type of a queue, kept so the buffers can be given back and dropped as what they
+/// are.
+#[derive(Clone, Copy)]
+struct BufferType {
+    id: fn() -> TypeId,
+    drop: unsafe fn(*mut c_void),
+}
+
+/// # Safety
+///
+/// `token` comes from `B::into_raw` and is not used again.
+unsafe fn drop_token<B: Buffer>(token: *mut c_void) {
+    // SAFETY: By the safety requirements of this function.
+    drop(unsafe { B::from_raw(token) });
+}
+
+/// Describes one queue to create: its name, whether the device's notifications for it are
+/// wanted, and the [`Buffer`] type it carries.
+#[derive(Clone, Copy)]
+pub struct QueueInfo {
+    name: Option<&'static CStr>,
+    callback: bool,
+    buffer: Option<BufferType>,
+}
+
+impl QueueInfo {
+    /// A queue named `name` carrying buffers of type `B`, with notifications.
+    pub const fn new<B: Buffer>(name: &'static CStr) -> Self {
+        Self {
+            name: Some(name),
+            callback: true,
+            buffer: Some(BufferType {
+                id: TypeId::of::<B>,
+                drop: drop_token::<B>,
+            }),
+        }
+    }
+
+    /// A queue the device has but the driver does not use (e.g. the queue of a feature that was
+    /// not negotiated); nothing is allocated for it.
+    pub const fn unused() -> Self {
+        Self {
+            name: None,
+            callback: false,
+            buffer: None,
+        }
+    }
+
+    /// The same queue without notifications: the driver only polls it.
+    pub const fn without_callback(self) -> Self {
+        Self {
+            callback: false,
+            ..self
+        }
+    }
+}
+
+/// What a driver does when the device has used buffers of one of its queues.
+///
+/// [`Handler::used`] runs in hard-IRQ context, possibly before probe has returned: it must not
+/// sleep, and it can only reach what the handler itself holds.
+pub trait Handler: Sync {
+    /// The device has used buffers of queue number `queue`. Waiters are already woken.
+    fn used(&self, queue: usize) {
+        let _ = queue;
+    }
+}
+
+/// For drivers that only wait for their buffers.
+impl Handler for () {}
+
+/// The per-queue state the interrupt handler reaches.
+#[pin_data]
+struct Slot {
+    /// Serialises the ring operations of this queue.
+    #[pin]
+    ring: Mutex<()>,
+    /// Orders a callback's wake-up after a waiter's last look at the ring.
+    #[pin]
+    notify: SpinLockIrq<()>,
+    #[pin]
+    used: CondVar,
+}
+
+impl Slot {
+    fn new() -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            ring <- new_mutex!(()),
+            notify <- new_spinlock_irq!(()),
+            used <- new_condvar!(),
+        }? Error)
+    }
+}
+
+/// A queue `find_vqs` created, or not (`vq` is null for unused queues).
+struct Queue {
+    vq: *mut bindings::virtqueue,
+    buffer: Option<BufferType>,
+}
+
+/// The virtqueues of a device, and the handler of their notifications.
+///
+/// Creating it creates the queues (`find_vqs`); dropping it resets the device if it is still
+/// live, drops every buffer the device did not return, and deletes the queues (`del_vqs`). A
+/// device has at most one at a time.
+///
+/// # Invariants
+///
+/// - While `self` exists, `dev`'s `priv` points at `self`, and `queues[i].vq` is queue `i` of
+///   `dev` or null; every token in a queue comes from `into_raw` of the type in
+///   `queues[i].buffer`.
+/// - `handler` and `slots` are initialised before the queues exist and outlive them.
+#[pin_data(PinnedDrop)]
+pub struct Virtqueues<'a, H: Handler> {
+    dev: &'a Device<device::Bound>,
+    #[pin]
+    handler: H,
+    slots: Pin<KBox<[Slot]>>,
+    queues: KVec<Queue>,
+    // Interrupt handlers hold shared references into `self` while `drop` runs.
+    #[pin]
+    _pin: PhantomPinned,
+}
+
+// SAFETY: The raw queue pointers are only used under the queue's mutex (ring operations) or in
+// `drop`; `virtqueue` operations may run on any CPU. `H: Handler` is `Sync`.
+unsafe impl<H: Handler + Send> Send for Virtqueues<'_, H> {}
+// SAFETY: As above: shared access only reaches a queue through its mutex.
+unsafe impl<H: Handler> Sync for Virtqueues<'_, H> {}
+
+impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
+    /// Creates the queues described by `queues` (queue `i` is `queues[i]`) with `handler` for
+    /// their notifications.
+    ///
+    /// Notifications may arrive as soon as this returns, and before the device is marked ready.
+    pub fn new<E>(
+        dev: &'a Device<device::Core<'_>>,
+        queues: &[QueueInfo],
+        handler: impl PinInit<H, E> + 'a,
+    ) -> impl PinInit<Self, Error> + 'a
+    where
+        Error: From<E>,
+    {
+        let dev: &'a Device<device::Bound> = dev;
+        let count = queues.len();
+        let infos = KVec::from_elem(QueueInfo::unused(), count, GFP_KERNEL).map(|mut v| {
+            v.copy_from_slice(queues);
+            v
+        });
+
+        try_pin_init!(&this in Self {
+            dev,
+            handler <- handler,
+            slots: KBox::pin_slice(|_| Slot::new(), count, GFP_KERNEL)?,
+            // `handler` and `slots`, all a callback touches, are initialised at this point.
+            queues: Self::find(dev, &infos?, this.as_ptr().cast())?,
+            _pin: PhantomPinned,
+        }? Error)
+    }
+
+    fn find(
+        dev: &Device<device::Bound>,
+        queues: &[QueueInfo],
+        this: *mut c_void,
+    ) -> Result<KVec<Queue>> {
+        let mut infos = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
+        for q in queues {
+            infos.push(
+                bindings::virtqueue_info {
+                    name: q.name.map_or(null(), CStr::as_char_ptr),
+                    callback: if q.callback && q.name.is_some() {
+                        Some(Self::callback)
+                    } else {
+                        None
+                    },
+                    ctx: false,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        let mut vqs = KVec::from_elem(null_mut(), queues.len(), GFP_KERNEL)?;
+        // Everything that can fail comes before the queues exist.
+        let mut found = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
+        for q in queues {
+            found.push(
+                Queue {
+                    vq: null_mut(),
+                    buffer: q.buffer,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        let vdev = dev.as_raw();
+
+        // SAFETY: `vdev` is a valid `struct virtio_device`; its `priv` belongs to the driver,
+        // and for Rust drivers to this abstraction, which clears it before probe. Non-null means
+        // the device already has queues.
+        unsafe {
+            if !(*vdev).priv_.is_null() {
+                return Err(EBUSY);
+            }
+            (*vdev).priv_ = this;
+        }
+
+        // SAFETY:
+        // - `vdev` is valid and has no queues (`priv` was null);
+        // - `vqs` and `infos` hold `queues.len()` entries; the names are `'static`;
+        // - the callback finds `this` through `priv`, and its fields are initialised.
+        let ret = unsafe {
+            bindings::virtio_find_vqs(
+                vdev,
+                queues.len() as u32,
+                vqs.as_mut_ptr(),
+                infos.as_mut_ptr(),
+            )
+        };
+        if ret != 0 {
+            // SAFETY: As above; on failure the transport has undone everything it did.
+            unsafe { (*vdev).priv_ = null_mut() };
+            return Err(Error::from_errno(ret));
+        }
+
+        for (queue, vq) in found.iter_mut().zip(vqs.iter()) {
+            queue.vq = *vq;
+        }
+        Ok(found)
+    }
+
+    /// The `vq_callback_t` of every queue, in hard-IRQ context.
+    extern "C" fn callback(vq: *mut bindings::virtqueue) {
+        // SAFETY: The transport only calls this with a valid queue of a live device.
+        let (vdev, index) = unsafe { ((*vq).vdev, (*vq).index as usize) };
+        // SAFETY: By the type invariants, the queue exists, so `priv` points at the
+        // `Virtqueues` that created it.
+        let this = unsafe { (*vdev).priv_ }.cast_const().cast::<Self>();
+        // SAFETY: By the type invariants, `handler` and `slots` are initialised and outlive the
+        // queues. Only shared references to these two fields are made: `find()` may still be
+        // writing `queues`.
+        let (handler, slots) = unsafe { (&*addr_of!((*this).handler), &*addr_of!((*this).slots)) };
+
+        if let Some(slot) = slots.get(index) {
+            drop(slot.notify.lock());
+            slot.used.notify_all();
+        }
+        handler.used(index);
+    }
+
+    /// Marks the driver ready (`DRIVER_OK`): the device may use the queues from now on.
+    ///
+    /// Buffers may be added before, e.g. to prime a queue; the virtio core marks the driver
+    /// ready itself after probe. Does nothing if the driver already is.
+    pub fn ready(&self) {
+        self.dev.ready_raw();
+    }
+
+    /// The handler given to [`Virtqueues::new`].
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Locks queue number `index` for ring operations; its buffers are of type `B`.
+    ///
+    /// Fails with `EINVAL` if there is no such queue or it carries another buffer type, and with
+    /// `ENOENT` if the queue is unused.
+    pub fn lock<B: Buffer>(&self, index: usize) -> Result<QueueGuard<'_, B>> {
+        let queue = self.queues.get(index).ok_or(EINVAL)?;
+        let buffer = queue.buffer.ok_or(ENOENT)?;
+        if (buffer.id)() != TypeId::of::<B>() {
+            return Err(EINVAL);
+        }
+        if queue.vq.is_null() {
+            return Err(ENOENT);
+        }
+        let slot = &self.slots[index];
+
+        // INVARIANT: `queue.vq` is a live queue whose tokens come from `B::into_raw` (checked
+        // above), and the guard holds its ring mutex.
+        Ok(QueueGuard {
+            _ring: slot.ring.lock(),
+            vq: queue.vq,
+            slot,
+            _buffer: PhantomData,
+        })
+    }
+}
+
+#[pinned_drop]
+impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
+    fn drop(self: Pin<&mut Self>) {
+        let vdev = self.dev.as_raw();
+
+        // After `remove()` the virtio core leaves the device in ACKNOWLEDGE: it is reset and
+        // does not use the rings. Anything more (probe failed, the driver dropped its queues
+        // early) means the device may still use them.
+        if u32::from(self.dev.status()) & !bindings::VIRTIO_CONFIG_S_ACKNOWLEDGE != 0 {
+            // SAFETY: `vdev` is a valid device. Resetting also waits for running callbacks.
+            unsafe { bindings::virtio_reset_device(vdev) };
+        }
+
+        for queue in self.queues.iter() {
+            let Some(buffer) = queue.buffer else { continue };
+            if queue.vq.is_null() {
+                continue;
+            }
+            loop {
+                // SAFETY: `queue.vq` is a live queue of a reset device.
+                let token = unsafe { bindings::virtqueue_detach_unused_buf(queue.vq) };
+                if token.is_null() {
+                    break;
+                }
+                // SAFETY: By the type invariants, `token` comes from `into_raw` of the queue's
+                // buffer type, and the ring hands it out once.
+                unsafe { (buffer.drop)(token) };
+            }
+        }
+
+        // SAFETY: `vdev` has the queues `find_vqs` created for `self` (type invariant);
+        // `del_vqs` frees their interrupts, so no callback runs after it.
+        unsafe {
+            bindings::virtio_del_vqs(vdev);
+            (*vdev).priv_ = null_mut();
+        }
+    }
+}
+
+/// A buffer the device has used, back in the driver's hands.
+pub struct Used<B> {
+    /// The buffer.
+    pub buf: B,
+    /// How many bytes the device says it wrote, at most the buffer's size.
+    pub len: usize,
+}
+
+/// Exclusive access to one queue, for ring operations.
+///
+/// # Invariants
+///
+/// `vq` is a live queue whose tokens all come from `B::into_raw`, and `ring` is its locked ring
+/// mutex.
+pub struct QueueGuard<'a, B: Buffer> {
+    _ring: MutexGuard<'a, ()>,
+    vq: *mut bindings::virtqueue,
+    slot: &'a Slot,
+    _buffer: PhantomData<B>,
+}
+
+impl<B: Buffer> QueueGuard<'_, B> {
+    fn add(&mut self, buf: B, len: usize, out: bool, flags: Flags) -> Result<(), (Error, B)> {
+        let (start, size) = buf.region();
+        if len == 0 || len > size {
+            return Err((EINVAL, buf));
+        }
+        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
+        // SAFETY: `sg` is valid for writes, and `start..start + len` is linear-map memory by the
+        // `Buffer` safety requirements.
+        unsafe { bindings::sg_init_one(sg.as_mut_ptr(), start.cast(), len as u32) };
+
+        let token = buf.into_raw();
+        // SAFETY:
+        // - `self.vq` is a live queue and we hold its ring mutex (type invariant);
+        // - `sg` is one initialised entry; the ring maps it before returning, so it may live on
+        //   the stack, and the memory it points at stays valid while the token is in the ring;
+        // - `token` is non-null (`Buffer` safety requirements).
+        let ret = unsafe {
+            if out {
+                bindings::virtqueue_add_outbuf(self.vq, sg.as_mut_ptr(), 1, token, flags.as_raw())
+            } else {
+                bindings::virtqueue_add_inbuf(self.vq, sg.as_mut_ptr(), 1, token, flags.as_raw())
+            }
+        };
+        if ret < 0 {
+            // SAFETY: The ring did not take `token`, which came from `into_raw` above.
+            return Err((Error::from_errno(ret), unsafe { B::from_raw(token) }));
+        }
+        Ok(())
+    }
+
+    /// Lends the first `len` bytes of `buf` to the device to read.
+    ///
+    /// On failure (`ENOSPC` when the ring is full, `EIO` when it is broken, `EINVAL` for a bad
+    /// length) the buffer comes back with the error.
+    pub fn add_outbuf(&mut self, buf: B, len: usize, flags: Flags) -> Result<(), (Error, B)> {
+        self.add(buf, len, true, flags)
+    }
+
+    /// Lends all of `buf` to the device to write.
+    pub fn add_inbuf(&mut self, buf: B, flags: Flags) -> Result<(), (Error, B)> {
+        let len = buf.region().1;
+        self.add(buf, len, false, flags)
+    }
+
+    /// Notifies the device of added buffers; returns `false` if the notification failed and the
+    /// queue is broken.
+    pub fn kick(&mut self) -> bool {
+        // SAFETY: `self.vq` is live and exclusively ours (type invariant).
+        unsafe { bindings::virtqueue_kick(self.vq) }
+    }
+
+    /// Takes back a buffer the device has used, if any.
+    pub fn get_buf(&mut self) -> Option<Used<B>> {
+        let mut len = 0u32;
+        // SAFETY: `self.vq` is live and exclusively ours (type invariant).
+        let token = unsafe { bindings::virtqueue_get_buf(self.vq, &mut len) };
+        if token.is_null() {
+            return None;
+        }
+        // SAFETY: The ring returns each token it was given at most once (see the module
+        // documentation), and every token of this queue comes from `B::into_raw`.
+        let buf = unsafe { B::from_raw(token) };
+        let len = (len as usize).min(buf.region().1);
+        Some(Used { buf, len })
+    }
+
+    /// Sleeps until the device has used a buffer, and takes it back.
+    ///
+    /// Fails with `ENOENT` if the device holds no buffer of this queue, and with `EIO` if the
+    /// queue is broken. Notifications must be enabled.
+    pub fn wait_buf(&mut self) -> Result<Used<B>> {
+        let slot = self.slot;
+        loop {
+            let mut notify = slot.notify.lock();
+            if let Some(used) = self.get_buf() {
+                return Ok(used);
+            }
+            if self.is_broken() {
+                return Err(EIO);
+            }
+            if self.num_free() == self.size() {
+                return Err(ENOENT);
+            }
+            slot.used.wait(&mut notify);
+        }
+    }
+
+    /// Asks the device for notifications again; returns `false` if buffers were used meanwhile
+    /// (poll them, they will not be notified).
+    pub fn enable_cb(&mut self) -> bool {
+        // SAFETY: `self.vq` is live and exclusively ours (type invariant).
+        unsafe { bindings::virtqueue_enable_cb(self.vq) }
+    }
+
+    /// Asks the device not to notify this queue (a hint).
+    pub fn disable_cb(&mut self) {
+        // SAFETY: `self.vq` is live and exclusively ours (type invariant).
+        unsafe { bindings::virtqueue_disable_cb(self.vq) }
+    }
+
+    /// The number of free descriptors.
+    pub fn num_free(&self) -> usize {
+        // SAFETY: `self.vq` is live (type invariant); `num_free` only changes under the ring
+        // mutex this guard holds.
+        unsafe { (*self.vq).num_free as usize }
+    }
+
+    /// The size of the ring, in descriptors.
+    pub fn size(&self) -> usize {
+        // SAFETY: `self.vq` is live (type invariant).
+        unsafe { bindings::virtqueue_get_vring_size(self.vq) as usize }
+    }
+
+    /// Whether the ring is broken: the device misbehaved or is gone.
+    pub fn is_broken(&self) -> bool {
+        // SAFETY: `self.vq` is live (type invariant).
+        unsafe { bindings::virtqueue_is_broken(self.vq) }
+    }
+}
