@@ -68,11 +68,8 @@ pub use self::virtqueue::{
 /// An adapter for the registration of virtio drivers.
 pub struct Adapter<T: Driver>(T);
 
-// SAFETY:
-// - `bindings::virtio_driver` is a C type declared as `repr(C)`.
-// - `T::Data` is the type of the driver's device private data.
-// - `struct virtio_driver` embeds a `struct device_driver`.
-// - `DEVICE_DRIVER_OFFSET` is the correct byte offset to the embedded `struct device_driver`.
+// SAFETY: `bindings::virtio_driver` is a `repr(C)` C type embedding a `struct device_driver` at
+// `DEVICE_DRIVER_OFFSET`, and `T::Data` is the type of the driver's device private data.
 unsafe impl<T: Driver + 'static> driver::DriverLayout for Adapter<T> {
     type DriverType = bindings::virtio_driver;
     type DriverData<'bound> = T::Data<'bound>;
@@ -128,10 +125,10 @@ unsafe impl<T: Driver + 'static> driver::RegistrationOps for Adapter<T> {
 
 impl<T: Driver + 'static> Adapter<T> {
     extern "C" fn validate_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // INVARIANT: `vdev` is valid for the duration of `validate_callback()`.
+        //
         // SAFETY: The virtio bus only ever calls the validate callback with a valid pointer to a
         // `struct virtio_device`, with the device lock held, during probe.
-        //
-        // INVARIANT: `vdev` is valid for the duration of `validate_callback()`.
         let dev = unsafe { &*vdev.cast::<Device<device::Core<'_>>>() };
         let mut features = FeatureSet::new(dev);
 
@@ -139,10 +136,10 @@ impl<T: Driver + 'static> Adapter<T> {
     }
 
     extern "C" fn probe_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // INVARIANT: `vdev` is valid for the duration of `probe_callback()`.
+        //
         // SAFETY: The virtio bus only ever calls the probe callback with a valid pointer to a
         // `struct virtio_device`.
-        //
-        // INVARIANT: `vdev` is valid for the duration of `probe_callback()`.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // `priv` belongs to the bound driver, and `Virtqueues` keeps itself there. A driver bound
@@ -159,10 +156,10 @@ impl<T: Driver + 'static> Adapter<T> {
     }
 
     extern "C" fn remove_callback(vdev: *mut bindings::virtio_device) {
+        // INVARIANT: `vdev` is valid for the duration of `remove_callback()`.
+        //
         // SAFETY: The virtio bus only ever calls the remove callback with a valid pointer to a
         // `struct virtio_device`.
-        //
-        // INVARIANT: `vdev` is valid for the duration of `remove_callback()`.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // SAFETY: `remove_callback` is only ever called after a successful call to
@@ -178,11 +175,11 @@ impl<T: Driver + 'static> Adapter<T> {
     }
 
     extern "C" fn config_changed_callback(vdev: *mut bindings::virtio_device) {
+        // INVARIANT: `vdev` is valid and bound for the duration of `config_changed_callback()`.
+        //
         // SAFETY: The virtio core only calls `config_changed` with a valid pointer to a
         // `struct virtio_device` whose driver is bound: between the end of a successful probe and
         // the start of remove.
-        //
-        // INVARIANT: `vdev` is valid and bound for the duration of `config_changed_callback()`.
         let dev = unsafe { &*vdev.cast::<Device<device::BoundInternal>>() };
 
         // SAFETY: The device is bound, so `probe_callback` has stored a
@@ -193,10 +190,10 @@ impl<T: Driver + 'static> Adapter<T> {
     }
 
     extern "C" fn shutdown_callback(vdev: *mut bindings::virtio_device) {
+        // INVARIANT: `vdev` is valid for the duration of `shutdown_callback()`.
+        //
         // SAFETY: The virtio bus only calls shutdown with a valid pointer to a `struct
         // virtio_device` whose driver is bound, with the device lock held.
-        //
-        // INVARIANT: `vdev` is valid for the duration of `shutdown_callback()`.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // SAFETY: The device is bound, so `probe_callback` has stored a
@@ -212,10 +209,10 @@ impl<T: Driver + 'static> Adapter<T> {
 
     #[cfg(CONFIG_PM_SLEEP)]
     extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // INVARIANT: `vdev` is valid for the duration of `freeze_callback()`.
+        //
         // SAFETY: The virtio bus only calls freeze with a valid pointer to a `struct
         // virtio_device` whose driver is bound, with the device lock held.
-        //
-        // INVARIANT: `vdev` is valid for the duration of `freeze_callback()`.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // SAFETY: The device is bound, so `probe_callback` has stored a
@@ -227,9 +224,9 @@ impl<T: Driver + 'static> Adapter<T> {
 
     #[cfg(CONFIG_PM_SLEEP)]
     extern "C" fn restore_callback(vdev: *mut bindings::virtio_device) -> c_int {
-        // SAFETY: As for `freeze_callback`.
-        //
         // INVARIANT: `vdev` is valid for the duration of `restore_callback()`.
+        //
+        // SAFETY: As for `freeze_callback`.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // SAFETY: The device is bound, so `probe_callback` has stored a

@@ -37,12 +37,9 @@ pub unsafe trait Buffer: Send + Sized + 'static {
     unsafe fn from_raw(ptr: *mut c_void) -> Self;
 }
 
-// SAFETY:
-// - `KBox` memory comes from kmalloc, which is in the linear map; `T` is not zero-sized (checked
-//   below), so the box really owns `size_of::<T>()` bytes there, and they do not move when the box
-//   does;
-// - `T: FromBytes` makes any bytes a valid `T`;
-// - `KBox::into_raw` never returns null and `KBox::from_raw` undoes it.
+// `T` is not zero-sized (checked in `region`), so the box owns `size_of::<T>()` bytes.
+// SAFETY: `KBox` memory comes from kmalloc (the linear map) and does not move with the box;
+// `T: FromBytes` makes any bytes a valid `T`; `KBox::into_raw`/`from_raw` round-trip, non-null.
 unsafe impl<T: FromBytes + IntoBytes + Send + 'static> Buffer for KBox<T> {
     fn region(&self) -> (*mut u8, usize) {
         // A zero-sized `T` has no memory to point a scatterlist at.

@@ -42,11 +42,9 @@ impl Device<device::Bound> {
         let mut value = F::new_zeroed();
         let len = size_of::<F>();
         let width = access_width(offset, len);
-        // SAFETY:
-        // - `self.as_raw()` is a valid `struct virtio_device` with a bound driver;
-        // - `value` is valid for writes of `len` bytes, and `F: FromBytes` makes any bytes the
-        //   device returns a valid `F`;
-        // - `offset..offset + len` lies within the driver's layout `C`.
+        // The device is valid and bound; `offset..offset + len` lies within the layout `C`.
+        // SAFETY: `self.as_raw()` is a valid device, `value` is valid for writes of `len` bytes,
+        // and `F: FromBytes` makes any bytes the device returns a valid `F`.
         unsafe {
             bindings::__virtio_cread_many(
                 self.as_raw(),

@@ -257,10 +257,9 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             (*vdev).priv_ = this;
         }
 
-        // SAFETY:
-        // - `vdev` is valid and has no queues (`priv` was null);
-        // - `vqs` and `infos` hold `queues.len()` entries; the names are `'static`;
-        // - the callback finds `this` through `priv`, and its fields are initialised.
+        // The callback finds `this` through `priv`, and the fields it uses are initialised.
+        // SAFETY: `vdev` is valid and has no queues (`priv` was null); `vqs` and `infos` hold
+        // `queues.len()` entries, and the names are `'static`.
         let ret = unsafe {
             bindings::virtio_find_vqs(
                 vdev,
@@ -411,11 +410,10 @@ impl<B: Buffer> QueueGuard<'_, B> {
         unsafe { bindings::sg_init_one(sg.as_mut_ptr(), start.cast(), len as u32) };
 
         let token = buf.into_raw();
-        // SAFETY:
-        // - `self.vq` is a live queue and we hold its ring mutex (type invariant);
-        // - `sg` is one initialised entry; the ring maps it before returning, so it may live on
-        //   the stack, and the memory it points at stays valid while the token is in the ring;
-        // - `token` is non-null (`Buffer` safety requirements).
+        // The ring maps `sg` before returning, so it may live on the stack; the memory it points
+        // at stays valid while the token is in the ring (`Buffer` requirements).
+        // SAFETY: `self.vq` is live and we hold its ring mutex (type invariant), `sg` is one
+        // initialised entry, and `token` is non-null (`Buffer` safety requirements).
         let ret = unsafe {
             if out {
                 bindings::virtqueue_add_outbuf(self.vq, sg.as_mut_ptr(), 1, token, flags.as_raw())
