@@ -12,7 +12,7 @@ import pytest
 from guest import MiB, Guest, GuestError
 
 # Balloon drivers under test: parameter id -> module name in /modules.
-DRIVERS = {"c": "virtio_balloon"}
+DRIVERS = {"c": "virtio_balloon", "rust": "rust_virtio_balloon"}
 
 FLAVOUR = os.environ.get("RB_FLAVOUR", "debug")
 # A KASAN kernel keeps 1/8 of RAM for its shadow: give debug guests room.

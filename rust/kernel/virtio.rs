@@ -7,13 +7,14 @@
 //! A virtio driver implements [`Driver`] and registers with [`module_virtio_driver!`]. The bus
 //! calls, in this order: [`Driver::validate`] (features negotiated, no driver data yet),
 //! [`Driver::probe`] (creates the driver data, usually including the driver's
-//! [`Virtqueues`]), then any of [`Driver::config_changed`], [`Driver::freeze`],
-//! [`Driver::restore`] and [`Driver::shutdown`] while the device is bound, and at last
-//! [`Driver::unbind`].
+//! [`Virtqueues`]), then any of [`Driver::config_changed`], [`Driver::work`],
+//! [`Driver::freeze`], [`Driver::restore`] and [`Driver::shutdown`] while the device is bound,
+//! and at last [`Driver::unbind`].
 //!
 //! # Teardown
 //!
-//! The abstraction, not the driver, tears the device down. After [`Driver::unbind`] returns the
+//! The abstraction, not the driver, tears the device down. The driver's work is disabled before
+//! [`Driver::unbind`] is called. After [`Driver::unbind`] returns the
 //! device is reset, as the virtio core requires of `remove()`. The driver data is dropped after
 //! that; when it holds [`Virtqueues`], their drop hands every buffer the device still held back
 //! to its owner (and so drops it), then deletes the queues. Nothing the driver owns can be
@@ -47,6 +48,7 @@ mod config;
 mod features;
 mod id;
 pub mod virtqueue;
+mod work;
 
 /// Little-endian integer types for configuration layouts and buffers.
 pub use zerocopy::byteorder::little_endian as le;
@@ -64,15 +66,16 @@ pub use self::virtqueue::{
     QueueInfo,
     Virtqueues, //
 };
+pub use self::work::Private;
 
 /// An adapter for the registration of virtio drivers.
 pub struct Adapter<T: Driver>(T);
 
 // SAFETY: `bindings::virtio_driver` is a `repr(C)` C type embedding a `struct device_driver` at
-// `DEVICE_DRIVER_OFFSET`, and `T::Data` is the type of the driver's device private data.
+// `DEVICE_DRIVER_OFFSET`, and `Private<T>` is the type of the driver's device private data.
 unsafe impl<T: Driver + 'static> driver::DriverLayout for Adapter<T> {
     type DriverType = bindings::virtio_driver;
-    type DriverData<'bound> = T::Data<'bound>;
+    type DriverData<'bound> = Private<'bound, T>;
     const DEVICE_DRIVER_OFFSET: usize = offset_of!(Self::DriverType, driver);
 }
 
@@ -148,9 +151,14 @@ impl<T: Driver + 'static> Adapter<T> {
         unsafe { (*vdev).priv_ = core::ptr::null_mut() };
 
         from_result(|| {
-            let data = T::probe(dev);
+            let vdev = NonNull::new(vdev).ok_or(EINVAL)?;
+            let data = KBox::pin_init(Private::<T>::new(vdev, T::probe(dev)), GFP_KERNEL)?;
 
-            dev.as_ref().set_drvdata(data)?;
+            Private::publish(dev.as_ref(), data);
+            // Work scheduled during probe was not queued (see `Device::schedule_work`).
+            if T::HAS_WORK {
+                dev.schedule_work();
+            }
             Ok(0)
         })
     }
@@ -163,11 +171,12 @@ impl<T: Driver + 'static> Adapter<T> {
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // SAFETY: `remove_callback` is only ever called after a successful call to
-        // `probe_callback`, hence it's guaranteed that `Device::set_drvdata()` has been called
-        // and stored a `Pin<KBox<T::Data<'_>>>`.
-        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+        // `probe_callback`, hence it's guaranteed that `Private::publish()` has been called
+        // and stored a `Pin<KBox<Private<'_, T>>>`.
+        let private = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() };
 
-        T::unbind(dev, data);
+        private.disable_work();
+        T::unbind(dev, private.data());
 
         // `virtio_dev_remove()` checks that the device is reset as soon as we return; the driver
         // data, and with it any `Virtqueues`, is only dropped after that.
@@ -183,8 +192,8 @@ impl<T: Driver + 'static> Adapter<T> {
         let dev = unsafe { &*vdev.cast::<Device<device::BoundInternal>>() };
 
         // SAFETY: The device is bound, so `probe_callback` has stored a
-        // `Pin<KBox<T::Data<'_>>>`, which is only dropped after unbind.
-        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+        // `Pin<KBox<Private<'_, T>>>`, which is only dropped after unbind.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() }.data();
 
         T::config_changed(dev, data);
     }
@@ -197,8 +206,8 @@ impl<T: Driver + 'static> Adapter<T> {
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // SAFETY: The device is bound, so `probe_callback` has stored a
-        // `Pin<KBox<T::Data<'_>>>`.
-        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+        // `Pin<KBox<Private<'_, T>>>`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() }.data();
 
         T::shutdown(dev, data);
 
@@ -216,8 +225,8 @@ impl<T: Driver + 'static> Adapter<T> {
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // SAFETY: The device is bound, so `probe_callback` has stored a
-        // `Pin<KBox<T::Data<'_>>>`.
-        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+        // `Pin<KBox<Private<'_, T>>>`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() }.data();
 
         from_result(|| T::freeze(dev, data).map(|()| 0))
     }
@@ -230,8 +239,8 @@ impl<T: Driver + 'static> Adapter<T> {
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // SAFETY: The device is bound, so `probe_callback` has stored a
-        // `Pin<KBox<T::Data<'_>>>`.
-        let data = unsafe { dev.as_ref().drvdata_borrow::<T::Data<'_>>() };
+        // `Pin<KBox<Private<'_, T>>>`.
+        let data = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() }.data();
 
         from_result(|| T::restore(dev, data).map(|()| 0))
     }
@@ -331,6 +340,16 @@ pub trait Driver {
     /// Runs in atomic context (under the core's config spin lock): it must not sleep, so it
     /// cannot read the configuration space itself. Drivers typically queue work.
     fn config_changed<'bound>(dev: &'bound Device<device::Bound>, this: Pin<&Self::Data<'bound>>) {
+        let _ = (dev, this);
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// The driver's deferred work, in process context; queued with [`Device::schedule_work`].
+    ///
+    /// Runs once after probe, then each time it is scheduled, never concurrently with itself nor
+    /// with [`Driver::unbind`]. It runs on a freezable workqueue, so not while the system is
+    /// frozen for sleep.
+    fn work<'bound>(dev: &'bound Device<device::Bound>, this: Pin<&Self::Data<'bound>>) {
         let _ = (dev, this);
         build_error!(VTABLE_DEFAULT_ERROR)
     }

@@ -8,9 +8,19 @@
 //! movable: compaction migrates them through [`Host::migrate`], which tells the host about the
 //! new page and the old one.
 //!
-//! This first version sizes the balloon when it binds and empties it when it unbinds; following
-//! the host's target while bound needs deferred work, which comes with the rest of the C
-//! driver's features.
+//! Each optional feature is a part of [`VirtioBalloon`] that exists only when negotiated and
+//! whose drop is its teardown: the statistics queue, the OOM notifier. Free page reporting and
+//! free page hinting are not offered yet.
+//!
+//! # Locking
+//!
+//! - [`Host::pfns`] (the one frame-number buffer) serialises every request to the host, as
+//!   `balloon_lock` does in C. Migration only try-locks it: inflation may hold it while waiting
+//!   for memory that the migration would free.
+//! - Resizing runs only in the driver's work item and in unbind, which never run concurrently;
+//!   the OOM notifier deflates concurrently with both, under [`Host::pfns`].
+
+use core::mem::size_of;
 
 use pin_init::stack_pin_init;
 
@@ -32,25 +42,56 @@ use kernel::{
         Bound,
         Core, //
     },
+    mm::{
+        oom,
+        poison,
+        vmstat::{
+            MemInfo,
+            NodeStat,
+            VmEvent,
+            VmEvents, //
+        },
+    },
     new_mutex,
+    page::PAGE_SIZE,
     prelude::*,
     sync::{
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
+        Arc,
         Mutex,
         MutexGuard, //
+    },
+    time::{
+        delay::fsleep,
+        Delta, //
     },
     virtio::{
         self,
         le,
+        virtqueue::Handler,
         Feature,
+        FeatureSet,
         QueueInfo,
         Virtqueues, //
     },
 };
 
-/// `VIRTIO_BALLOON_F_MUST_TELL_HOST`: deflated pages may only be reused after the host was told.
+/// Deflated pages may only be reused after the host was told.
 const F_MUST_TELL_HOST: Feature = Feature::new(0);
+/// The host polls memory statistics through a third queue.
+const F_STATS_VQ: Feature = Feature::new(1);
+/// Ballooned pages stay guest memory and are given back when the guest runs out.
+const F_DEFLATE_ON_OOM: Feature = Feature::new(2);
+/// The host learns what freed pages contain (`poison_val`).
+const F_PAGE_POISON: Feature = Feature::new(4);
+/// Free page reporting.
+const F_REPORTING: Feature = Feature::new(5);
 
-/// The device's configuration space (`struct virtio_balloon_config`).
+/// The device's configuration space (`struct virtio_balloon_config`), little-endian even on
+/// legacy devices.
 #[repr(C)]
 struct Config {
     num_pages: le::U32,
@@ -59,15 +100,30 @@ struct Config {
     poison_val: le::U32,
 }
 
-/// Frame numbers per request, as in the C driver.
+/// Frame numbers per request: QEMU and other hosts reject more.
 const PFNS_PER_REQUEST: usize = 256;
 const PAGES_PER_REQUEST: usize = PFNS_PER_REQUEST / FRAMES_4K_PER_PAGE;
 
-type Pfns = [le::U32; PFNS_PER_REQUEST];
-type PfnBuffer = KBox<Pfns>;
+type PfnBuffer = KBox<[le::U32; PFNS_PER_REQUEST]>;
 
+/// One statistic (`struct virtio_balloon_stat`).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes)]
+struct Stat {
+    tag: le::U16,
+    val: le::U64,
+}
+
+const STATS_NR: usize = 16;
+type StatsBuffer = KBox<[Stat; STATS_NR]>;
+
+// Queue numbers, as the device defines them.
 const INFLATE: usize = 0;
 const DEFLATE: usize = 1;
+const STATS: usize = 2;
+
+/// Pages the OOM notifier gives back per call, as the C driver.
+const OOM_PAGES: usize = 256 / FRAMES_4K_PER_PAGE;
 
 kernel::virtio_device_table!(
     VIRTIO_BALLOON_TABLE,
@@ -82,13 +138,28 @@ kernel::module_virtio_driver! {
     license: "GPL",
 }
 
+/// Queue notifications: the inflate and deflate queues only wake their waiter; the host
+/// returning the statistics buffer asks for fresh statistics.
+struct Events<'a> {
+    dev: &'a virtio::Device<Bound>,
+    stats_requested: Atomic<bool>,
+}
+
+impl Handler for Events<'_> {
+    fn used(&self, queue: usize) {
+        if queue == STATS {
+            self.stats_requested.store(true, Relaxed);
+            self.dev.schedule_work();
+        }
+    }
+}
+
 /// The host side of the balloon: the queues it is told through, and the migration handler.
 #[pin_data]
 struct Host<'a> {
     #[pin]
-    vqs: Virtqueues<'a, ()>,
-    /// The one frame-number buffer. Holding it serialises requests, as `balloon_lock` does
-    /// for `vb->pfns` in C; it is `None` only if the device kept it (a broken device).
+    vqs: Virtqueues<'a, Events<'a>>,
+    /// The one frame-number buffer; `None` only if the device kept it (a broken device).
     #[pin]
     pfns: Mutex<Option<PfnBuffer>>,
 }
@@ -108,8 +179,7 @@ impl Host<'_> {
             n += 1;
         }
         let mut vq = self.vqs.lock::<PfnBuffer>(queue)?;
-        if let Err((err, buf)) = vq.add_outbuf(buf, n * core::mem::size_of::<le::U32>(), GFP_KERNEL)
-        {
+        if let Err((err, buf)) = vq.add_outbuf(buf, n * size_of::<le::U32>(), GFP_KERNEL) {
             **slot = Some(buf);
             return Err(err);
         }
@@ -121,14 +191,10 @@ impl Host<'_> {
 
 impl MigrationHandler for Host<'_> {
     fn migrate(&self, new: &NewPage<'_>, old: &OldPage<'_>, _mode: MigrateMode) -> Migration {
-        // Inflation may be waiting for memory that this migration frees: never wait for it.
         let Some(mut slot) = self.pfns.try_lock() else {
             return Migration::Busy;
         };
-        if self
-            .tell(&mut slot, INFLATE, [new.pfn()].into_iter())
-            .is_err()
-        {
+        if self.tell(&mut slot, INFLATE, [new.pfn()].into_iter()).is_err() {
             return Migration::Busy;
         }
         // The host has the new page: the old one leaves the balloon whatever happens now.
@@ -137,25 +203,32 @@ impl MigrationHandler for Host<'_> {
     }
 }
 
+/// The balloon and its device: what the work item, unbind and the OOM notifier share.
 #[pin_data]
-struct VirtioBalloon<'a> {
+struct Shared<'a> {
     dev: &'a virtio::Device<Bound>,
     #[pin]
     balloon: Balloon<Host<'a>>,
 }
 
-impl VirtioBalloon<'_> {
-    /// The host's target, in pages.
-    fn target(&self) -> usize {
-        kernel::virtio_cread!(self.dev, Config, num_pages).get() as usize / FRAMES_4K_PER_PAGE
+impl Shared<'_> {
+    fn host(&self) -> &Host<'_> {
+        self.balloon.handler()
     }
 
-    /// Inflates by up to `count` pages; returns how many joined the balloon.
+    /// The host's target in pages, rounded up to whole pages as in C, so that a target that is
+    /// not a multiple of the page size does not make the balloon oscillate.
+    fn target(&self) -> usize {
+        let frames = kernel::virtio_cread!(self.dev, Config, num_pages).get() as usize;
+        frames.div_ceil(FRAMES_4K_PER_PAGE)
+    }
+
+    /// Inflates by up to `count` pages; returns how many joined the balloon. Pages are
+    /// allocated before taking the lock, so that migration is not held up by reclaim.
     fn fill(&self, count: usize) -> Result<usize> {
         stack_pin_init!(let list = PageList::new());
         for _ in 0..count {
             let Some(page) = BalloonPage::alloc() else {
-                dev_info!(self.dev, "Out of puff! Can't get {} pages\n", count);
                 break;
             };
             list.as_mut().push(page);
@@ -163,23 +236,20 @@ impl VirtioBalloon<'_> {
         if list.is_empty() {
             return Ok(0);
         }
-        let host = self.balloon.handler();
-        host.tell(&mut host.pfns.lock(), INFLATE, list.pfns())?;
+        self.host()
+            .tell(&mut self.host().pfns.lock(), INFLATE, list.pfns())?;
         Ok(self.balloon.enqueue_list(list.as_mut()))
     }
 
-    /// Deflates by up to `count` pages; returns how many left the balloon.
+    /// Deflates by up to `count` pages, telling the host first; returns how many left.
     fn leak(&self, count: usize) -> usize {
         stack_pin_init!(let list = PageList::new());
+        let mut slot = self.host().pfns.lock();
         let n = self.balloon.dequeue_list(list.as_mut(), count);
         if n != 0 {
-            let host = self.balloon.handler();
-            // Without MUST_TELL_HOST the host does not need to know before the pages are
-            // reused; telling it first is right either way, as the C driver does.
-            if let Err(e) = host.tell(&mut host.pfns.lock(), DEFLATE, list.pfns()) {
-                if self.dev.has_feature(F_MUST_TELL_HOST) {
-                    dev_warn!(self.dev, "deflating {} pages untold: {:?}\n", n, e);
-                }
+            if let Err(e) = self.host().tell(&mut slot, DEFLATE, list.pfns()) {
+                // The device is gone or broken: the pages are the guest's again either way.
+                dev_warn!(self.dev, "deflating {} pages untold: {:?}\n", n, e);
             }
         }
         n
@@ -187,28 +257,167 @@ impl VirtioBalloon<'_> {
 
     /// Reports the balloon's size to the host.
     fn update_actual(&self) {
-        let frames = self.balloon.pages() * FRAMES_4K_PER_PAGE;
-        kernel::virtio_cwrite!(self.dev, Config, actual, le::U32::new(frames as u32));
+        let frames = (self.balloon.pages() * FRAMES_4K_PER_PAGE) as u32;
+        kernel::virtio_cwrite!(self.dev, Config, actual, le::U32::new(frames));
     }
 
-    /// Moves the balloon to `target` pages, reporting its size after every step as the C
-    /// driver does.
-    fn resize(&self, target: usize) -> Result {
-        while self.balloon.pages() < target {
-            let filled = self.fill((target - self.balloon.pages()).min(PAGES_PER_REQUEST));
-            self.update_actual();
-            if filled? == 0 {
-                break;
+    /// Moves the balloon one request towards the target; returns whether it is not there yet.
+    fn step(&self) -> bool {
+        let (target, size) = (self.target(), self.balloon.pages());
+        if target > size {
+            let want = (target - size).min(PAGES_PER_REQUEST);
+            let got = self.fill(want).unwrap_or(0);
+            if got < want {
+                dev_info!(self.dev, "Out of puff! Can't get {} pages\n", want - got);
+                // Let reclaim make progress before trying again, as the C driver does.
+                fsleep(Delta::from_millis(200));
             }
+        } else if target < size && self.leak((size - target).min(PAGES_PER_REQUEST)) == 0 {
+            // Every page left is isolated for migration; they come back shortly.
+            fsleep(Delta::from_millis(1));
         }
-        while self.balloon.pages() > target {
-            if self.leak((self.balloon.pages() - target).min(PAGES_PER_REQUEST)) == 0 {
-                // Every remaining page is isolated for migration; it comes back shortly.
-                kernel::time::delay::fsleep(kernel::time::Delta::from_millis(1));
-            }
-            self.update_actual();
+        self.update_actual();
+        self.target() != self.balloon.pages()
+    }
+
+    /// Fills the statistics buffer; returns how many entries it holds.
+    fn collect_stats(stats: &mut [Stat; STATS_NR]) -> usize {
+        let bytes = |pages: u64| pages * PAGE_SIZE as u64;
+        let ev = VmEvents::snapshot();
+        let mem = MemInfo::now();
+        let values = [
+            (0, bytes(ev.get(VmEvent::SwapIn))),
+            (1, bytes(ev.get(VmEvent::SwapOut))),
+            (2, ev.get(VmEvent::MajorFault)),
+            (3, ev.get(VmEvent::Fault)),
+            (10, ev.get(VmEvent::OomKill)),
+            (11, ev.alloc_stalls()),
+            (12, bytes(NodeStat::ScanKswapd.get())),
+            (13, bytes(NodeStat::ScanDirect.get())),
+            (14, bytes(NodeStat::StealKswapd.get())),
+            (15, bytes(NodeStat::StealDirect.get())),
+            #[cfg(CONFIG_HUGETLB_PAGE)]
+            (8, ev.get(VmEvent::HugetlbAlloc)),
+            #[cfg(CONFIG_HUGETLB_PAGE)]
+            (9, ev.get(VmEvent::HugetlbAllocFail)),
+            (4, bytes(mem.free)),
+            (5, bytes(mem.total)),
+            (6, bytes(mem.available)),
+            (7, bytes(NodeStat::FilePages.get())),
+        ];
+        for (stat, (tag, val)) in stats.iter_mut().zip(values) {
+            *stat = Stat {
+                tag: le::U16::new(tag),
+                val: le::U64::new(val),
+            };
         }
+        values.len()
+    }
+
+    /// Hands the host fresh statistics: the buffer it returned goes back filled.
+    fn answer_stats(&self) -> Result {
+        let mut vq = self.host().vqs.lock::<StatsBuffer>(STATS)?;
+        let Some(used) = vq.get_buf() else {
+            return Ok(());
+        };
+        let mut buf = used.buf;
+        let n = Self::collect_stats(&mut buf);
+        vq.add_outbuf(buf, n * size_of::<Stat>(), GFP_KERNEL)
+            .map_err(|(e, _)| e)?;
+        vq.kick();
         Ok(())
+    }
+}
+
+impl oom::Handler for Shared<'_> {
+    fn out_of_memory(&self) -> usize {
+        let freed = self.leak(OOM_PAGES);
+        self.update_actual();
+        freed
+    }
+}
+
+/// The driver data.
+struct VirtioBalloon<'a> {
+    /// With deflate-on-oom only; first, so that it is unregistered before anything else goes.
+    _oom: Option<Pin<KBox<oom::Registration<Arc<Shared<'a>>>>>>,
+    core: Arc<Shared<'a>>,
+}
+
+impl<'a> VirtioBalloon<'a> {
+    fn new(dev: &'a virtio::Device<Core<'_>>) -> Result<Self> {
+        let deflate_on_oom = dev.has_feature(F_DEFLATE_ON_OOM);
+        let stats = dev.has_feature(F_STATS_VQ);
+        let queues = [
+            QueueInfo::new::<PfnBuffer>(c"inflate"),
+            QueueInfo::new::<PfnBuffer>(c"deflate"),
+            if stats {
+                QueueInfo::new::<StatsBuffer>(c"stats")
+            } else {
+                QueueInfo::unused()
+            },
+        ];
+        let bound: &'a virtio::Device<Bound> = dev;
+        let pfns = KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL)?;
+        let events = Events {
+            dev: bound,
+            stats_requested: Atomic::new(false),
+        };
+        let managed = if deflate_on_oom {
+            ManagedPages::Keep
+        } else {
+            ManagedPages::Adjust
+        };
+        let vqs = Virtqueues::new(dev, &queues, events);
+        let core = Arc::pin_init(
+            try_pin_init!(Shared {
+                dev: bound,
+                balloon <- Balloon::new(
+                    managed,
+                    try_pin_init!(Host {
+                        vqs <- vqs,
+                        pfns <- new_mutex!(Some(pfns)),
+                    }? Error),
+                ),
+            }? Error),
+            GFP_KERNEL,
+        )?;
+
+        if stats {
+            // The host answers the first buffer when it first wants statistics.
+            let mut buf = KBox::new(
+                core::array::from_fn(|_| Stat {
+                    tag: le::U16::ZERO,
+                    val: le::U64::ZERO,
+                }),
+                GFP_KERNEL,
+            )?;
+            let n = Shared::collect_stats(&mut buf);
+            let mut vq = core.host().vqs.lock::<StatsBuffer>(STATS)?;
+            vq.add_outbuf(buf, n * size_of::<Stat>(), GFP_KERNEL)
+                .map_err(|(e, _)| e)?;
+            vq.kick();
+        }
+        if dev.has_feature(F_PAGE_POISON) {
+            // What freed pages hold: zeroes with init-on-free, else the poison pattern.
+            let byte = if poison::init_on_free() {
+                0
+            } else {
+                poison::POISON
+            };
+            let val = le::U32::new(u32::from_ne_bytes([byte; 4]));
+            kernel::virtio_cwrite!(dev, Config, poison_val, val);
+        }
+        let oom = if deflate_on_oom {
+            Some(KBox::pin_init(
+                oom::Registration::new(core.clone()),
+                GFP_KERNEL,
+            )?)
+        } else {
+            None
+        };
+        core.host().vqs.ready();
+        Ok(Self { _oom: oom, core })
     }
 }
 
@@ -219,40 +428,57 @@ impl virtio::Driver for VirtioBalloonDriver {
     type Data<'bound> = VirtioBalloon<'bound>;
 
     const ID_TABLE: virtio::IdTable = &VIRTIO_BALLOON_TABLE;
-    const FEATURES: &'static [Feature] = &[F_MUST_TELL_HOST];
+    const FEATURES: &'static [Feature] = &[
+        F_MUST_TELL_HOST,
+        F_STATS_VQ,
+        F_DEFLATE_ON_OOM,
+        F_PAGE_POISON,
+    ];
+
+    fn validate(_dev: &virtio::Device<Core<'_>>, features: &mut FeatureSet<'_>) -> Result {
+        // Reported free pages may come back zeroed: only report if the host can be told what
+        // free pages must contain, or if it does not matter.
+        if !poison::init_on_free() && !poison::poisoning_enabled() {
+            features.clear(F_PAGE_POISON);
+        } else if !features.has(F_PAGE_POISON) {
+            features.clear(F_REPORTING);
+        }
+        // Page reporting must not allocate while adding buffers; and the balloon gives the
+        // host guest-physical frame numbers, not DMA addresses.
+        features.clear(Feature::RING_INDIRECT_DESC);
+        features.clear(Feature::ACCESS_PLATFORM);
+        Ok(())
+    }
 
     fn probe<'bound>(
         dev: &'bound virtio::Device<Core<'_>>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
-        let queues = [
-            QueueInfo::new::<PfnBuffer>(c"inflate"),
-            QueueInfo::new::<PfnBuffer>(c"deflate"),
-        ];
-        let pfns = KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL);
-        let bound: &'bound virtio::Device<Bound> = dev;
-        let vqs = Virtqueues::new(dev, &queues, ());
+        VirtioBalloon::new(dev)
+    }
 
-        try_pin_init!(VirtioBalloon {
-            dev: bound,
-            balloon <- Balloon::new(
-                ManagedPages::Adjust,
-                try_pin_init!(Host {
-                    vqs <- vqs,
-                    pfns <- new_mutex!(Some(pfns?)),
-                }? Error),
-            ),
-        }? Error)
-        .pin_chain(|this| {
-            this.balloon.handler().vqs.ready();
-            if let Err(e) = this.resize(this.target()) {
-                dev_warn!(this.dev, "inflating at probe: {:?}\n", e);
+    fn config_changed<'bound>(dev: &'bound virtio::Device<Bound>, _this: Pin<&Self::Data<'bound>>) {
+        dev.schedule_work();
+    }
+
+    fn work<'bound>(dev: &'bound virtio::Device<Bound>, this: Pin<&Self::Data<'bound>>) {
+        let events = this.core.host().vqs.handler();
+        if events.stats_requested.xchg(false, Relaxed) {
+            if let Err(e) = this.core.answer_stats() {
+                dev_warn!(dev, "statistics: {:?}\n", e);
             }
-            Ok(())
-        })
+        }
+        if this.core.step() {
+            dev.schedule_work();
+        }
     }
 
     fn unbind<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
-        // Every page goes back before the device is reset.
-        let _ = this.resize(0);
+        // Every page goes back, and the host hears of it, before the device is reset.
+        while this.core.balloon.pages() != 0 {
+            if this.core.leak(PAGES_PER_REQUEST) == 0 {
+                fsleep(Delta::from_millis(1));
+            }
+        }
+        this.core.update_actual();
     }
 }

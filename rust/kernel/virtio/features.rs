@@ -36,6 +36,14 @@ impl Feature {
         Self(bit)
     }
 
+    /// `VIRTIO_RING_F_INDIRECT_DESC`: descriptors may point at tables of descriptors, which
+    /// the ring allocates while adding a buffer.
+    pub const RING_INDIRECT_DESC: Self = Self::new(bindings::VIRTIO_RING_F_INDIRECT_DESC);
+
+    /// `VIRTIO_F_ACCESS_PLATFORM`: the device sees guest memory through the platform's IOMMU
+    /// (DMA addresses, not physical ones).
+    pub const ACCESS_PLATFORM: Self = Self::new(bindings::VIRTIO_F_ACCESS_PLATFORM);
+
     /// The bit number.
     pub const fn bit(self) -> u32 {
         self.0

@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! OOM notifiers: a last chance to free memory before the OOM killer picks a victim.
+//!
+//! C header: [`include/linux/oom.h`](srctree/include/linux/oom.h)
+//!
+//! The out-of-memory path calls every registered notifier, in process context, before it
+//! selects a task to kill; a notifier that frees pages (a balloon deflating, for instance) may
+//! spare that task. Notifiers run from a blocking notifier chain, so they may sleep, but they
+//! run while the system is out of memory: they must not wait for memory themselves.
+
+use crate::{
+    bindings,
+    error::to_result,
+    ffi::{
+        c_int,
+        c_ulong,
+        c_void, //
+    },
+    prelude::*,
+    sync::Arc,
+    types::Opaque,
+};
+
+/// What an OOM notifier does.
+pub trait Handler: Sync {
+    /// The system is out of memory: free what you can, return how many pages you freed.
+    fn out_of_memory(&self) -> usize;
+}
+
+impl<T: Handler + ?Sized + Send> Handler for Arc<T> {
+    fn out_of_memory(&self) -> usize {
+        T::out_of_memory(self)
+    }
+}
+
+impl<T: Handler + ?Sized> Handler for Pin<KBox<T>> {
+    fn out_of_memory(&self) -> usize {
+        T::out_of_memory(self)
+    }
+}
+
+/// A registered OOM notifier; dropping it unregisters it.
+///
+/// # Invariants
+///
+/// `nb` is registered with `register_oom_notifier()` and its callback is [`Self::notify`], for
+/// as long as `self` exists.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::{mm::oom, prelude::*};
+///
+/// struct Reserve;
+///
+/// impl oom::Handler for Reserve {
+///     fn out_of_memory(&self) -> usize {
+///         0
+///     }
+/// }
+///
+/// let notifier = KBox::pin_init(oom::Registration::new(Reserve), GFP_KERNEL)?;
+/// drop(notifier);
+/// # Ok::<(), Error>(())
+/// ```
+#[pin_data(PinnedDrop)]
+pub struct Registration<H: Handler> {
+    #[pin]
+    nb: Opaque<bindings::notifier_block>,
+    handler: H,
+}
+
+// SAFETY: The registration only hands out `&H`, and `H: Sync`; unregistering works from any thread.
+unsafe impl<H: Handler + Send> Send for Registration<H> {}
+
+// SAFETY: As for `Send`; the notifier block is only touched by the notifier chain's own locking.
+unsafe impl<H: Handler> Sync for Registration<H> {}
+
+impl<H: Handler> Registration<H> {
+    /// Registers `handler`; it may be called before this returns.
+    pub fn new(handler: H) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            handler,
+            nb <- Opaque::try_ffi_init(|nb: *mut bindings::notifier_block| {
+                // SAFETY: `nb` is valid for writes and zeroed is its empty state.
+                unsafe {
+                    nb.write(core::mem::zeroed());
+                    (*nb).notifier_call = Some(Self::notify);
+                }
+                // SAFETY: `nb` is initialised and pinned inside `this`, whose `handler` is
+                // initialised already (fields are initialised in order); `drop` unregisters it.
+                to_result(unsafe { bindings::register_oom_notifier(nb) })
+            }),
+        }? Error)
+    }
+
+    extern "C" fn notify(nb: *mut bindings::notifier_block, _: c_ulong, freed: *mut c_void) -> c_int {
+        // SAFETY: The chain only calls this with the `nb` registered in `new`, embedded in a live
+        // `Registration<H>` (it is unregistered before being dropped).
+        let this = unsafe { &*crate::container_of!(Opaque::cast_from(nb).cast_mut(), Self, nb) };
+        let pages = this.handler.out_of_memory();
+        // SAFETY: `out_of_memory()` passes a pointer to its `unsigned long` count of freed pages.
+        unsafe { *freed.cast::<c_ulong>() += pages as c_ulong };
+        bindings::NOTIFY_OK as c_int
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+}
+
+#[pinned_drop]
+impl<H: Handler> PinnedDrop for Registration<H> {
+    fn drop(self: Pin<&mut Self>) {
+        // SAFETY: By the type invariant `nb` is registered. Unregistering waits for running
+        // callbacks (the chain's rw semaphore), so none uses `handler` afterwards.
+        unsafe { bindings::unregister_oom_notifier(self.nb.get()) };
+    }
+}

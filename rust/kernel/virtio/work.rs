@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The driver data as the virtio adapter keeps it: the driver's data and its deferred work.
+//!
+//! C header: [`include/linux/workqueue.h`](srctree/include/linux/workqueue.h)
+//!
+//! A virtio driver learns of events where it cannot sleep (a queue callback runs in hard-IRQ
+//! context, [`Driver::config_changed`] under a spin lock) and acts on them where it can. C
+//! drivers embed a `work_struct` in their private data and must remember to cancel it in
+//! `remove()` before that data goes away. Here the adapter owns the work item: it sits beside
+//! the driver's data in [`Private`], runs [`Driver::work`], and is disabled before
+//! [`Driver::unbind`], so the work never runs concurrently with unbind nor outlives the data it
+//! borrows.
+//!
+//! # Lifetime of the work item
+//!
+//! - [`Device::schedule_work`] finds the work item through the device's driver data pointer,
+//!   which is only published once [`Private`] is fully initialised. Until then (during probe) it
+//!   queues nothing, and the adapter runs the work once after probe instead; a driver whose work
+//!   looks at its own state rather than at why it was scheduled loses no event.
+//! - Remove disables the work item (waiting for a running instance) before [`Driver::unbind`].
+//!   Scheduling it after that does nothing.
+//! - Everything that may call [`Device::schedule_work`] is either an adapter callback the virtio
+//!   core stops before remove, or part of the driver data (queue callbacks, notifiers), which is
+//!   torn down before the driver data's memory is freed.
+
+use super::{
+    Device,
+    Driver, //
+};
+use crate::{
+    bindings,
+    device,
+    prelude::*,
+    sync::atomic::{
+        Acquire,
+        Atomic,
+        Release, //
+    },
+    types::{
+        ForeignOwnable,
+        Opaque, //
+    },
+};
+use core::ptr::NonNull;
+
+/// The driver data of a device bound to a Rust virtio driver.
+///
+/// `repr(C)` keeps `work` at offset 0, so that [`Device::schedule_work`], which does not know
+/// `T`, finds it from the driver data pointer.
+///
+/// # Invariants
+///
+/// - `work` is initialised with [`Private::run`] as its function.
+/// - `vdev` is the device `data` was probed for; it outlives `self`.
+#[repr(C)]
+#[pin_data(PinnedDrop)]
+pub struct Private<'bound, T: Driver> {
+    #[pin]
+    work: Opaque<bindings::work_struct>,
+    vdev: NonNull<bindings::virtio_device>,
+    #[pin]
+    data: T::Data<'bound>,
+}
+
+// SAFETY: `vdev` is only used to make a `&Device<Bound>`, which is `Sync`; the work item is
+// usable from any thread and `T::Data` is `Send + Sync`.
+unsafe impl<T: Driver> Send for Private<'_, T> {}
+
+// SAFETY: As for `Send`.
+unsafe impl<T: Driver> Sync for Private<'_, T> {}
+
+impl<'bound, T: Driver + 'static> Private<'bound, T> {
+    /// Initialises the work item, then the driver's data from `data`.
+    pub(super) fn new(
+        vdev: NonNull<bindings::virtio_device>,
+        data: impl PinInit<T::Data<'bound>, Error> + 'bound,
+    ) -> impl PinInit<Self, Error> + 'bound {
+        try_pin_init!(Self {
+            work <- Opaque::ffi_init(|slot| {
+                // SAFETY: `slot` is valid for writes; `run` expects a work item embedded at
+                // offset 0 of a `Private<T>`, which this one is.
+                unsafe {
+                    bindings::init_work_with_key(
+                        slot,
+                        Some(Self::run),
+                        false,
+                        crate::c_str!("virtio::Private::work").as_char_ptr(),
+                        crate::static_lock_class!().as_ptr(),
+                    )
+                }
+            }),
+            vdev,
+            data <- data,
+        }? Error)
+    }
+
+    /// Publishes `this` as `vdev`'s driver data.
+    ///
+    /// Same as `set_drvdata()`, but with release ordering: [`Device::schedule_work`] may read the
+    /// pointer from interrupt context on another CPU as soon as it is stored.
+    pub(super) fn publish(dev: &device::Device<device::CoreInternal<'_>>, this: Pin<KBox<Self>>) {
+        let ptr = this.into_foreign();
+        // SAFETY: `dev` is a valid device, and its `driver_data` is only accessed atomically by
+        // readers that may race with this store.
+        let slot = unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) };
+        slot.store(ptr.cast(), Release);
+    }
+
+    /// The driver's data.
+    pub(super) fn data(self: Pin<&Self>) -> Pin<&T::Data<'bound>> {
+        // SAFETY: `data` is structurally pinned.
+        unsafe { self.map_unchecked(|p| &p.data) }
+    }
+
+    /// Disables the work item and waits for a running instance: it will not run again.
+    pub(super) fn disable_work(&self) {
+        // SAFETY: `work` is initialised by the type invariant.
+        unsafe { bindings::disable_work_sync(self.work.get()) };
+    }
+
+    extern "C" fn run(work: *mut bindings::work_struct) {
+        // SAFETY: By the type invariant only a `Private<T>` installs this function, for its
+        // `work` at offset 0, and the item is disabled before the `Private` is dropped.
+        let this = unsafe { Pin::new_unchecked(&*work.cast::<Self>()) };
+        // SAFETY: By the type invariant `vdev` is valid; a queued work item implies the driver is
+        // still bound, since remove disables it first.
+        let dev = unsafe { &*this.vdev.as_ptr().cast::<Device<device::Bound>>() };
+
+        if T::HAS_WORK {
+            T::work(dev, this.data());
+        }
+    }
+}
+
+#[pinned_drop]
+impl<T: Driver> PinnedDrop for Private<'_, T> {
+    fn drop(self: Pin<&mut Self>) {
+        // Remove has disabled the work already; this covers a driver data that is dropped
+        // without remove, and must come before the data the work borrows is dropped.
+        // SAFETY: `work` is initialised by the type invariant.
+        unsafe { bindings::disable_work_sync(self.work.get()) };
+    }
+}
+
+impl Device<device::Bound> {
+    /// Queues the bound driver's [`Driver::work`] on the freezable system workqueue.
+    ///
+    /// Returns `false` if the work was already pending, or is not accepted: while the driver is
+    /// still probing (the adapter runs the work once after probe) or unbinding. Callable from any
+    /// context, including interrupt handlers.
+    pub fn schedule_work(&self) -> bool {
+        // SAFETY: `self` is a valid device; `driver_data` is published with release ordering by
+        // `Private::publish`.
+        let slot = unsafe { Atomic::from_ptr(&raw mut (*self.as_raw()).dev.driver_data) };
+        let ptr = slot.load(Acquire);
+        if ptr.is_null() {
+            return false;
+        }
+        // SAFETY: The device is bound to a Rust virtio driver, whose driver data is a `Private`
+        // with its work item at offset 0, alive until after every caller of this function is gone
+        // (see the module documentation). `system_freezable_wq` lives forever.
+        unsafe {
+            bindings::queue_work_on(
+                bindings::wq_misc_consts_WORK_CPU_UNBOUND as c_int,
+                bindings::system_freezable_wq,
+                ptr.cast(),
+            )
+        }
+    }
+}
