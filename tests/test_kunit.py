@@ -44,3 +44,16 @@ def test_rust_balloon_suite(kunit_log):
     assert suite, "rust_kernel_balloon did not run"
     s = suite[0]
     assert s.ok and s.failed == 0 and s.skipped == 0 and s.total >= 7, s
+
+
+@pytest.mark.parametrize("name,cases", [
+    ("rust_kernel_virtio", 5),
+    ("rust_kernel_vmstat", 1),
+])
+def test_rust_suite(kunit_log, name, cases):
+    """The virtio and vmstat abstractions' KUnit suites ran and passed."""
+    run = ktap.parse(kunit_log)
+    suite = [s for s in run.suites if s.name == name]
+    assert suite, f"{name} did not run"
+    s = suite[0]
+    assert s.ok and s.failed == 0 and s.skipped == 0 and s.total == cases, s

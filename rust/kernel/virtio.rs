@@ -47,6 +47,8 @@ mod buffer;
 mod config;
 mod features;
 mod id;
+#[cfg(CONFIG_KUNIT)]
+mod tests;
 pub mod virtqueue;
 mod work;
 

@@ -20,7 +20,7 @@ use zerocopy::Immutable;
 
 /// The widest single access to split `len` bytes at `offset` into: transports only implement
 /// 1, 2, 4 and 8 byte accesses, naturally aligned.
-fn access_width(offset: usize, len: usize) -> usize {
+pub(super) fn access_width(offset: usize, len: usize) -> usize {
     [8, 4, 2]
         .into_iter()
         .find(|w| offset % w == 0 && len % w == 0)

@@ -61,6 +61,16 @@ struct BufferType {
     drop: unsafe fn(*mut c_void),
 }
 
+/// Checks that a queue with buffer type `buffer` carries `B`: `ENOENT` for an unused queue,
+/// `EINVAL` for another type.
+fn carries<B: Buffer>(buffer: Option<BufferType>) -> Result {
+    match buffer {
+        None => Err(ENOENT),
+        Some(t) if (t.id)() == TypeId::of::<B>() => Ok(()),
+        Some(_) => Err(EINVAL),
+    }
+}
+
 /// # Safety
 ///
 /// `token` comes from `B::into_raw` and is not used again.
@@ -318,10 +328,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     /// `ENOENT` if the queue is unused.
     pub fn lock<B: Buffer>(&self, index: usize) -> Result<QueueGuard<'_, B>> {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
-        let buffer = queue.buffer.ok_or(ENOENT)?;
-        if (buffer.id)() != TypeId::of::<B>() {
-            return Err(EINVAL);
-        }
+        carries::<B>(queue.buffer)?;
         if queue.vq.is_null() {
             return Err(ENOENT);
         }
@@ -515,5 +522,13 @@ impl<B: Buffer> QueueGuard<'_, B> {
     pub fn is_broken(&self) -> bool {
         // SAFETY: `self.vq` is live (type invariant).
         unsafe { bindings::virtqueue_is_broken(self.vq) }
+    }
+}
+
+#[cfg(CONFIG_KUNIT)]
+impl QueueInfo {
+    /// For the KUnit suite: whether [`Virtqueues::lock`] would accept `B` for this queue.
+    pub(super) fn check_carries<B: Buffer>(&self) -> Result {
+        carries::<B>(self.buffer)
     }
 }
