@@ -50,7 +50,7 @@ use kernel::{
             NodeStat,
             VmEvent,
             VmEvents, //
-        },
+        }, //
     },
     new_mutex,
     page::PAGE_SIZE,
@@ -194,7 +194,10 @@ impl MigrationHandler for Host<'_> {
         let Some(mut slot) = self.pfns.try_lock() else {
             return Migration::Busy;
         };
-        if self.tell(&mut slot, INFLATE, [new.pfn()].into_iter()).is_err() {
+        if self
+            .tell(&mut slot, INFLATE, [new.pfn()].into_iter())
+            .is_err()
+        {
             return Migration::Busy;
         }
         // The host has the new page: the old one leaves the balloon whatever happens now.

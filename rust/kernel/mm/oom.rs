@@ -95,7 +95,11 @@ impl<H: Handler> Registration<H> {
         }? Error)
     }
 
-    extern "C" fn notify(nb: *mut bindings::notifier_block, _: c_ulong, freed: *mut c_void) -> c_int {
+    extern "C" fn notify(
+        nb: *mut bindings::notifier_block,
+        _: c_ulong,
+        freed: *mut c_void,
+    ) -> c_int {
         // SAFETY: The chain only calls this with the `nb` registered in `new`, embedded in a live
         // `Registration<H>` (it is unregistered before being dropped).
         let this = unsafe { &*crate::container_of!(Opaque::cast_from(nb).cast_mut(), Self, nb) };

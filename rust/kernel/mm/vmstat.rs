@@ -57,8 +57,8 @@ impl VmEvents {
 
     /// Allocation stalls in every zone (the sum of `allocstall_*`).
     pub fn alloc_stalls(&self) -> u64 {
-        let first = (bindings::vm_event_item_ALLOCSTALL_NORMAL
-            - bindings::zone_type_ZONE_NORMAL) as usize;
+        let first =
+            (bindings::vm_event_item_ALLOCSTALL_NORMAL - bindings::zone_type_ZONE_NORMAL) as usize;
         self.0[first..first + bindings::zone_type___MAX_NR_ZONES as usize]
             .iter()
             .map(|&n| n as u64)

@@ -40,7 +40,7 @@ use crate::{
     types::{
         ForeignOwnable,
         Opaque, //
-    },
+    }, //
 };
 use core::ptr::NonNull;
 
