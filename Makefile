@@ -9,14 +9,14 @@
 #   make release / make debug   build one kernel flavour and its initramfs
 #   make clean    remove build/ (the kernel cache stays, see README)
 #
-# Variables: KDIR=/path/to/linux-7.3 (use your tree), DRIVER=c (make run),
+# Variables: KDIR=/path/to/linux-7.3 (use your tree), DRIVER=c|rust (make run),
 # TESTS="tests/test_balloon.py -k unload" (make check), RB_ACCEL=kvm|tcg.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 S := scripts
 PY := build/venv/bin/python
-DRIVER ?= c
+DRIVER ?= rust
 TESTS ?= tests
 export KDIR LLVM_SUFFIX RB_ACCEL
 

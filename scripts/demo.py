@@ -11,13 +11,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from guest import MiB, PAGE, Guest  # noqa: E402
 
-MODULES = {"c": "virtio_balloon"}
+MODULES = {"c": "virtio_balloon", "rust": "rust_virtio_balloon"}
 KEYS = ("nr_balloon_pages", "balloon_inflate", "balloon_deflate", "balloon_migrate")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--driver", default="c", choices=sorted(MODULES))
+    ap.add_argument("--driver", default="rust", choices=sorted(MODULES))
     ap.add_argument("--mem", default="2G")
     args = ap.parse_args()
     module = MODULES[args.driver]
