@@ -13,12 +13,18 @@
 //!
 //! # Teardown
 //!
-//! The abstraction, not the driver, tears the device down. The driver's work is disabled before
-//! [`Driver::unbind`] is called. After [`Driver::unbind`] returns the
-//! device is reset, as the virtio core requires of `remove()`. The driver data is dropped after
-//! that; when it holds [`Virtqueues`], their drop hands every buffer the device still held back
-//! to its owner (and so drops it), then deletes the queues. Nothing the driver owns can be
-//! reached by the device once it is dropped.
+//! The abstraction, not the driver, tears the device down, in this order:
+//!
+//! 1. the driver's work is disabled (it finishes if running);
+//! 2. [`Driver::unbind`] runs, with the device still working;
+//! 3. the driver data is dropped, still within `remove()`, field by field: parts that may need
+//!    the device to let go (a registration whose callback waits for the device) go first, while
+//!    it works; its [`Virtqueues`] then reset the device, hand every buffer the device still
+//!    held back to its owner (and so drop it), and delete the queues;
+//! 4. the device is reset, as the virtio core requires of `remove()`, if the data held no
+//!    queues.
+//!
+//! Nothing the driver owns can be reached by the device once `remove()` returns.
 
 use crate::{
     bindings,
@@ -180,8 +186,14 @@ impl<T: Driver + 'static> Adapter<T> {
         private.disable_work();
         T::unbind(dev, private.data());
 
-        // `virtio_dev_remove()` checks that the device is reset as soon as we return; the driver
-        // data, and with it any `Virtqueues`, is only dropped after that.
+        // The data goes while the device still works: parts of it may wait for the device
+        // before they let go (a free page report in flight, say). Its `Virtqueues` reset the
+        // device, reclaim the buffers and delete the queues when dropped.
+        // SAFETY: `probe_callback` stored a `Pin<KBox<Private<'_, T>>>`; `private` is not used
+        // after this.
+        drop(unsafe { dev.as_ref().drvdata_obtain::<Private<'_, T>>() });
+
+        // `virtio_dev_remove()` checks that the device is reset as soon as we return.
         dev.reset();
     }
 

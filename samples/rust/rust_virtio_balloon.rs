@@ -9,8 +9,8 @@
 //! new page and the old one.
 //!
 //! Each optional feature is a part of [`VirtioBalloon`] that exists only when negotiated and
-//! whose drop is its teardown: the statistics queue, the OOM notifier. Free page reporting and
-//! free page hinting are not offered yet.
+//! whose drop is its teardown: the statistics queue, the OOM notifier, the free page reporting
+//! registration. Free page hinting is not offered yet.
 //!
 //! # Locking
 //!
@@ -42,8 +42,13 @@ use kernel::{
         Bound,
         Core, //
     },
+    alloc::flags::GFP_NOWAIT,
     mm::{
         oom,
+        page_reporting::{
+            self,
+            FreePages, //
+        },
         poison,
         vmstat::{
             MemInfo,
@@ -87,7 +92,7 @@ const F_STATS_VQ: Feature = Feature::new(1);
 const F_DEFLATE_ON_OOM: Feature = Feature::new(2);
 /// The host learns what freed pages contain (`poison_val`).
 const F_PAGE_POISON: Feature = Feature::new(4);
-/// Free page reporting.
+/// Free pages are reported, through a fifth queue, for the host to discard.
 const F_REPORTING: Feature = Feature::new(5);
 
 /// The device's configuration space (`struct virtio_balloon_config`), little-endian even on
@@ -121,6 +126,7 @@ type StatsBuffer = KBox<[Stat; STATS_NR]>;
 const INFLATE: usize = 0;
 const DEFLATE: usize = 1;
 const STATS: usize = 2;
+const REPORTING: usize = 4;
 
 /// Pages the OOM notifier gives back per call, as the C driver.
 const OOM_PAGES: usize = 256 / FRAMES_4K_PER_PAGE;
@@ -340,9 +346,17 @@ impl oom::Handler for Shared<'_> {
     }
 }
 
-/// The driver data.
+impl page_reporting::Reporter for Shared<'_> {
+    fn report(&self, pages: &FreePages<'_>) -> Result {
+        // The queue is empty (one report at a time), so adding cannot need memory.
+        self.host().vqs.lend_and_wait(REPORTING, pages, GFP_NOWAIT)
+    }
+}
+
+/// The driver data. The optional parts come first: they are dropped, unregistered, before the
+/// queues they use.
 struct VirtioBalloon<'a> {
-    /// With deflate-on-oom only; first, so that it is unregistered before anything else goes.
+    _reporting: Option<Pin<KBox<page_reporting::Registration<Arc<Shared<'a>>>>>>,
     _oom: Option<Pin<KBox<oom::Registration<Arc<Shared<'a>>>>>>,
     core: Arc<Shared<'a>>,
 }
@@ -351,11 +365,18 @@ impl<'a> VirtioBalloon<'a> {
     fn new(dev: &'a virtio::Device<Core<'_>>) -> Result<Self> {
         let deflate_on_oom = dev.has_feature(F_DEFLATE_ON_OOM);
         let stats = dev.has_feature(F_STATS_VQ);
+        let reporting = dev.has_feature(F_REPORTING);
         let queues = [
             QueueInfo::new::<PfnBuffer>(c"inflate"),
             QueueInfo::new::<PfnBuffer>(c"deflate"),
             if stats {
                 QueueInfo::new::<StatsBuffer>(c"stats")
+            } else {
+                QueueInfo::unused()
+            },
+            QueueInfo::unused(),
+            if reporting {
+                QueueInfo::lending(c"reporting_vq")
             } else {
                 QueueInfo::unused()
             },
@@ -419,8 +440,21 @@ impl<'a> VirtioBalloon<'a> {
         } else {
             None
         };
+        let reporting = if reporting {
+            let capacity = core.host().vqs.ring_size(REPORTING)?;
+            Some(KBox::pin_init(
+                page_reporting::Registration::new(core.clone(), capacity),
+                GFP_KERNEL,
+            )?)
+        } else {
+            None
+        };
         core.host().vqs.ready();
-        Ok(Self { _oom: oom, core })
+        Ok(Self {
+            _reporting: reporting,
+            _oom: oom,
+            core,
+        })
     }
 }
 
@@ -436,6 +470,7 @@ impl virtio::Driver for VirtioBalloonDriver {
         F_STATS_VQ,
         F_DEFLATE_ON_OOM,
         F_PAGE_POISON,
+        F_REPORTING,
     ];
 
     fn validate(_dev: &virtio::Device<Core<'_>>, features: &mut FeatureSet<'_>) -> Result {

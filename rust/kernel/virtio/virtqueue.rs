@@ -28,7 +28,9 @@
 use super::Device;
 use crate::{
     alloc::Flags,
-    bindings, device, new_condvar, new_mutex, new_spinlock_irq,
+    bindings, device,
+    error::to_result,
+    new_condvar, new_mutex, new_spinlock_irq,
     prelude::*,
     str::CStr,
     sync::{
@@ -71,6 +73,39 @@ fn carries<B: Buffer>(buffer: Option<BufferType>) -> Result {
     }
 }
 
+/// The buffer type of lending queues: no value of it exists.
+enum Lending {}
+
+/// A lending queue's token owns nothing; see [`Virtqueues::lend_and_wait`].
+///
+/// # Safety
+///
+/// None: the signature is that of [`drop_token`].
+unsafe fn forget_token(_token: *mut c_void) {}
+
+/// Memory described by a scatterlist, which its owner lends to a device for the duration of one
+/// call to [`Virtqueues::lend_and_wait`].
+///
+/// # Safety
+///
+/// [`Lend::sg`] returns a valid scatterlist of `nents` entries (a chain, or ended with
+/// `sg_mark_end`) over memory that no Rust code accesses while `self` is borrowed, and that
+/// may be written with any bytes.
+pub unsafe trait Lend {
+    /// The scatterlist and its number of entries.
+    fn sg(&self) -> (*mut bindings::scatterlist, u32);
+}
+
+// SAFETY: The page reporting core's scatterlist is valid for `nents` entries (it ends it with
+// `sg_mark_end`) over isolated free pages, which no Rust code accesses during the report call
+// and whose contents do not matter: their next owner initialises them.
+#[cfg(CONFIG_PAGE_REPORTING)]
+unsafe impl Lend for crate::mm::page_reporting::FreePages<'_> {
+    fn sg(&self) -> (*mut bindings::scatterlist, u32) {
+        self.raw()
+    }
+}
+
 /// # Safety
 ///
 /// `token` comes from `B::into_raw` and is not used again.
@@ -97,6 +132,19 @@ impl QueueInfo {
             buffer: Some(BufferType {
                 id: TypeId::of::<B>,
                 drop: drop_token::<B>,
+            }),
+        }
+    }
+
+    /// A queue through which the driver lends memory it does not own, for the duration of
+    /// [`Virtqueues::lend_and_wait`]; it carries no [`Buffer`].
+    pub const fn lending(name: &'static CStr) -> Self {
+        Self {
+            name: Some(name),
+            callback: true,
+            buffer: Some(BufferType {
+                id: TypeId::of::<Lending>,
+                drop: forget_token,
             }),
         }
     }
@@ -320,6 +368,58 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     /// The handler given to [`Virtqueues::new`].
     pub fn handler(&self) -> &H {
         &self.handler
+    }
+
+    /// The size of queue number `index`'s ring, in descriptors.
+    pub fn ring_size(&self, index: usize) -> Result<usize> {
+        let queue = self.queues.get(index).ok_or(EINVAL)?;
+        if queue.vq.is_null() {
+            return Err(ENOENT);
+        }
+        // SAFETY: `queue.vq` is a live queue (type invariant).
+        Ok(unsafe { bindings::virtqueue_get_vring_size(queue.vq) } as usize)
+    }
+
+    /// Lends the memory of `mem` to the device to write (an in-buffer) on lending queue number
+    /// `index`, and sleeps until the device gives it back.
+    ///
+    /// Waiting is what lets a borrow be lent: `mem` is borrowed for exactly as long as the
+    /// device may use it. Fails with `EINVAL` if the queue is not a [`QueueInfo::lending`] one,
+    /// and with `EIO` if the ring is or becomes broken: a device that broke its ring (or was
+    /// removed) is not waited for.
+    pub fn lend_and_wait(&self, index: usize, mem: &impl Lend, flags: Flags) -> Result {
+        let queue = self.queues.get(index).ok_or(EINVAL)?;
+        if queue.buffer.map(|t| (t.id)()) != Some(TypeId::of::<Lending>()) {
+            return Err(EINVAL);
+        }
+        if queue.vq.is_null() {
+            return Err(ENOENT);
+        }
+        let slot = &self.slots[index];
+        let _ring = slot.ring.lock();
+        let (sg, nents) = mem.sg();
+        // Any non-null token does: the ring mutex makes this the only buffer in the queue.
+        let token = core::ptr::from_ref(slot).cast_mut().cast::<c_void>();
+        // SAFETY: `queue.vq` is live and we hold its ring mutex; `sg` is valid for `nents`
+        // entries over memory that stays lent until the device returns `token` (`Lend`).
+        to_result(unsafe {
+            bindings::virtqueue_add_inbuf(queue.vq, sg, nents, token, flags.as_raw())
+        })?;
+        // SAFETY: As above.
+        unsafe { bindings::virtqueue_kick(queue.vq) };
+        loop {
+            let mut notify = slot.notify.lock();
+            let mut len = 0u32;
+            // SAFETY: As above.
+            if !unsafe { bindings::virtqueue_get_buf(queue.vq, &mut len) }.is_null() {
+                return Ok(());
+            }
+            // SAFETY: As above.
+            if unsafe { bindings::virtqueue_is_broken(queue.vq) } {
+                return Err(EIO);
+            }
+            slot.used.wait(&mut notify);
+        }
     }
 
     /// Locks queue number `index` for ring operations; its buffers are of type `B`.
