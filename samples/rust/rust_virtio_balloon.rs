@@ -25,6 +25,7 @@ use core::mem::size_of;
 use pin_init::stack_pin_init;
 
 use kernel::{
+    alloc::flags::GFP_NOWAIT,
     balloon::{
         Balloon,
         BalloonPage,
@@ -42,7 +43,6 @@ use kernel::{
         Bound,
         Core, //
     },
-    alloc::flags::GFP_NOWAIT,
     mm::{
         oom,
         page_reporting::{

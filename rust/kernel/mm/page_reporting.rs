@@ -127,7 +127,8 @@ impl<R: Reporter> Registration<R> {
     ) -> c_int {
         // SAFETY: The core only calls this with the `info` registered in `new`, embedded in a
         // live `Registration<R>` (unregistering waits for the call to end).
-        let this = unsafe { &*crate::container_of!(Opaque::cast_from(info).cast_mut(), Self, info) };
+        let this =
+            unsafe { &*crate::container_of!(Opaque::cast_from(info).cast_mut(), Self, info) };
         let Some(sg) = NonNull::new(sg) else {
             return EINVAL.to_errno();
         };
