@@ -4,13 +4,15 @@
 #
 #   make run      boot a guest, drive the balloon, print a table (release kernel)
 #   make check    lint, boot tests, KUnit (debug kernel)
+#   make bench    C vs Rust driver: throughput, latency, migration, size (release kernel)
 #   make shell    interactive guest console, QMP socket printed (release kernel)
 #   make setup    install what is missing (implied by every target)
 #   make release / make debug   build one kernel flavour and its initramfs
 #   make clean    remove build/ (the kernel cache stays, see README)
 #
 # Variables: KDIR=/path/to/linux-7.3 (use your tree), DRIVER=c|rust (make run),
-# TESTS="tests/test_balloon.py -k unload" (make check), RB_ACCEL=kvm|tcg.
+# TESTS="tests/test_balloon.py -k unload" (make check), RB_ACCEL=kvm|tcg,
+# BENCH_ARGS="--reps 3 --size-mib 512" (make bench).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -21,7 +23,7 @@ TESTS ?= tests
 export KDIR LLVM_SUFFIX RB_ACCEL
 
 help:
-	@sed -n '3,15s/^# \{0,1\}//p' Makefile
+	@sed -n '3,17s/^# \{0,1\}//p' Makefile
 
 setup:
 	@$(S)/setup.sh
@@ -37,6 +39,9 @@ release debug: source
 run: release
 	@$(PY) $(S)/demo.py --driver $(DRIVER)
 
+bench: release
+	@$(PY) $(S)/bench.py $(BENCH_ARGS)
+
 shell: release
 	@$(PY) $(S)/shell.py
 
@@ -48,4 +53,4 @@ check: debug
 clean:
 	rm -rf build
 
-.PHONY: help setup source release debug run shell check clean
+.PHONY: help setup source release debug run bench shell check clean

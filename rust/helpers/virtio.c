@@ -48,6 +48,14 @@ __rust_helper void rust_helper___virtio_cread_many(struct virtio_device *vdev,
 	__virtio_cread_many(vdev, offset, buf, count, bytes);
 }
 
+__rust_helper void rust_helper_virtio_config_get(struct virtio_device *vdev,
+						 unsigned int offset, void *buf,
+						 unsigned int len)
+{
+	might_sleep();
+	vdev->config->get(vdev, offset, buf, len);
+}
+
 __rust_helper void rust_helper_virtio_config_set(struct virtio_device *vdev,
 						 unsigned int offset,
 						 const void *buf, unsigned int len)

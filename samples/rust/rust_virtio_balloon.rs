@@ -286,7 +286,8 @@ impl Shared<'_> {
             fsleep(Delta::from_millis(1));
         }
         self.update_actual();
-        self.target() != self.balloon.pages()
+        // A target changed meanwhile schedules the work anyway: no need to read it again.
+        target != self.balloon.pages()
     }
 
     /// Fills the statistics buffer; returns how many entries it holds.

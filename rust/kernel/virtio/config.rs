@@ -30,8 +30,9 @@ pub(super) fn access_width(offset: usize, len: usize) -> usize {
 impl Device<device::Bound> {
     /// Reads the field of type `F` at `offset` of the configuration layout `C`.
     ///
-    /// The read is repeated until the device's configuration generation is stable, so a field
-    /// wider than one access is never torn. Use [`virtio_cread!`](crate::virtio_cread).
+    /// A field of up to 4 bytes, read in one access, cannot tear and is read once, as
+    /// `virtio_cread32()` does; a wider one is read repeatedly until the device's configuration
+    /// generation is stable. Use [`virtio_cread!`](crate::virtio_cread).
     #[doc(hidden)]
     pub fn config_read<C, F: FromBytes + IntoBytes>(
         &self,
@@ -43,13 +44,21 @@ impl Device<device::Bound> {
         let len = size_of::<F>();
         let width = access_width(offset, len);
         // The device is valid and bound; `offset..offset + len` lies within the layout `C`.
+        let buf = value.as_mut_bytes().as_mut_ptr().cast();
+        // Transports split 8-byte accesses in two: only up to 4 bytes is one access.
+        if width == len && len <= 4 {
+            // SAFETY: `self.as_raw()` is a valid device, `value` is valid for writes of `len`
+            // bytes, and `F: FromBytes` makes any bytes the device returns a valid `F`.
+            unsafe { bindings::virtio_config_get(self.as_raw(), offset as u32, buf, len as u32) };
+            return value;
+        }
         // SAFETY: `self.as_raw()` is a valid device, `value` is valid for writes of `len` bytes,
         // and `F: FromBytes` makes any bytes the device returns a valid `F`.
         unsafe {
             bindings::__virtio_cread_many(
                 self.as_raw(),
                 offset as u32,
-                value.as_mut_bytes().as_mut_ptr().cast(),
+                buf,
                 len / width,
                 width,
             )

@@ -1,0 +1,184 @@
+# SPDX-License-Identifier: GPL-2.0
+"""make bench: the C and the Rust virtio-balloon driver in one boot of the
+release kernel, loaded in turn (alternating which goes first) on the same
+targets. Prints a table of medians with their spread and the ratio Rust/C,
+and writes build/bench/bench.json and build/bench/balloon-size.png."""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from guest import MiB, PAGE, Guest  # noqa: E402
+
+TOP = Path(__file__).resolve().parent.parent
+OUT = TOP / "build" / "bench"
+MODULES = {"c": "virtio_balloon", "rust": "rust_virtio_balloon"}
+STEP = 64 * MiB
+
+# Row key -> (label, unit, True if more is better).
+ROWS = {
+    "inflate": ("inflate", "MiB/s", True),
+    "deflate": ("deflate", "MiB/s", True),
+    "step": (f"QMP balloon -> actual, {STEP // MiB} MiB step", "s", False),
+    "migrated": ("balloon pages migrated per compaction", "pages", True),
+    "migrate_rate": ("balloon pages migrated per second", "pages/s", True),
+    "coresize": ("module size in memory (/sys/module/*/coresize)", "bytes", False),
+    "ko": ("module file size (.ko)", "bytes", False),
+}
+
+
+def move(g, target, trace, t_base, timeout=300):
+    """Set the target and poll `actual` until it is reached; returns the
+    seconds taken and appends (time, MiB) samples to trace."""
+    g.balloon(target)
+    t0 = time.monotonic()
+    while True:
+        now = time.monotonic()
+        a = g.actual()
+        trace.append((now - t_base, a / MiB))
+        if a == target:
+            return now - t0
+        if now - t0 > timeout:
+            raise TimeoutError(f"actual {a // MiB} MiB, target {target // MiB} MiB")
+        time.sleep(0.005)
+
+
+def compaction(g, ram):
+    """The fragmentation recipe of tests/test_balloon.py; returns (balloon
+    pages migrated, seconds compaction took)."""
+    avail = g.meminfo()["MemAvailable"] * 1024
+    g.sh(f"fragment {avail * 6 // 10 // MiB} >/tmp/frag.out 2>&1 & "
+         "echo $! >/tmp/frag.pid; while ! grep -q ready /tmp/frag.out; do sleep 0.1; done",
+         timeout=300)
+    size = (g.meminfo()["MemFree"] * 1024 - 128 * MiB) // MiB * MiB
+    g.balloon(ram - size)
+    g.wait_actual(ram - size, timeout=300)
+    g.sh("kill $(cat /tmp/frag.pid); "
+         "while kill -0 $(cat /tmp/frag.pid) 2>/dev/null; do sleep 0.1; done")
+    before = g.vmstat()["balloon_migrate"]
+    t0 = time.monotonic()
+    g.sh("echo 1 > /proc/sys/vm/compact_memory", timeout=600)
+    secs = time.monotonic() - t0
+    migrated = g.vmstat()["balloon_migrate"] - before
+    g.balloon(ram)
+    g.wait_actual(ram, timeout=300)
+    return migrated, secs
+
+
+def run_driver(g, drv, size, ram, results, traces, t_base):
+    module = MODULES[drv]
+    g.sh(f"insmod /modules/{module}.ko")
+    r = results[drv]
+    r["coresize"].append(int(g.run(f"cat /sys/module/{module}/coresize").out))
+    r["ko"].append((TOP / "build/out/release" / f"{module}.ko").stat().st_size)
+    trace = []
+    secs = move(g, ram - size, trace, t_base)
+    r["inflate"].append(size / MiB / secs)
+    r["step"].append(move(g, ram - size - STEP, trace, t_base))
+    secs = move(g, ram, trace, t_base)
+    r["deflate"].append((size + STEP) / MiB / secs)
+    traces[drv].append(trace)
+    migrated, secs = compaction(g, ram)
+    r["migrated"].append(migrated)
+    r["migrate_rate"].append(migrated / secs)
+    g.sh(f"rmmod {module}")
+    assert g.vmstat()["nr_balloon_pages"] == 0, "pages left after rmmod"
+
+
+def summarise(results):
+    rows = []
+    for key, (label, unit, more_is_better) in ROWS.items():
+        med = {d: statistics.median(results[d][key]) for d in MODULES}
+        spread = {d: (min(results[d][key]), max(results[d][key])) for d in MODULES}
+        ratio = med["rust"] / med["c"] if med["c"] else float("nan")
+        worse = ratio < 0.95 if more_is_better else ratio > 1.05
+        rows.append({"row": key, "label": label, "unit": unit,
+                     "more_is_better": more_is_better, "median": med,
+                     "spread": spread, "ratio_rust_c": ratio,
+                     "rust_worse": worse})
+    return rows
+
+
+def fmt(x):
+    return f"{x:.3g}" if isinstance(x, float) and x < 100 else f"{x:.0f}"
+
+
+def print_table(rows, reps, size):
+    print(f"\n{reps} repetition(s), {size // MiB} MiB balloon; median [min-max]; "
+          "ratio Rust/C (rows marked * are worse for Rust by over 5 %)")
+    head = ("row", "unit", "C", "Rust", "Rust/C")
+    body = []
+    for r in rows:
+        cells = [f"{fmt(r['median'][d])} [{fmt(r['spread'][d][0])}-{fmt(r['spread'][d][1])}]"
+                 for d in ("c", "rust")]
+        body.append((r["label"], r["unit"], *cells,
+                     f"{r['ratio_rust_c']:.2f}{' *' if r['rust_worse'] else ''}"))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    for line in (head, *body):
+        print("  " + "  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+
+
+def plot(traces, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for drv, colour in (("c", "tab:blue"), ("rust", "tab:orange")):
+        for i, trace in enumerate(traces[drv]):
+            t0 = trace[0][0]
+            ax.plot([t - t0 for t, _ in trace], [a for _, a in trace], color=colour,
+                    alpha=0.8 if i == 0 else 0.3,
+                    label=f"{MODULES[drv]}" if i == 0 else None)
+    ax.set_xlabel("seconds since the first target was set")
+    ax.set_ylabel("QMP actual (MiB)")
+    ax.set_title("Balloon size over time: inflate, one step, deflate")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--mem", default="4G")
+    args = ap.parse_args()
+    size = args.size_mib * MiB
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    g = Guest("release", mem=args.mem, name="bench")
+    print(f"==> booting the guest (console: {g.console.relative_to(Path.cwd())})")
+    results = {d: {k: [] for k in ROWS} for d in MODULES}
+    traces = {d: [] for d in MODULES}
+    try:
+        g.start()
+        ram = g.ram_bytes()
+        for rep in range(args.reps):
+            order = ("c", "rust") if rep % 2 == 0 else ("rust", "c")
+            for drv in order:
+                print(f"==> repetition {rep + 1}/{args.reps}: {MODULES[drv]}")
+                run_driver(g, drv, size, ram, results, traces, time.monotonic())
+        splats = g.splats()
+    finally:
+        g.close()
+    if splats:
+        sys.exit("kernel report in the guest log:\n" + "\n".join(splats))
+
+    rows = summarise(results)
+    print_table(rows, args.reps, size)
+    (OUT / "bench.json").write_text(json.dumps(
+        {"guest_ram_mib": ram // MiB, "balloon_mib": size // MiB, "page": PAGE,
+         "reps": args.reps, "rows": rows, "samples": results}, indent=1))
+    plot(traces, OUT / "balloon-size.png")
+    print(f"\n==> {(OUT / 'bench.json').relative_to(TOP)}, "
+          f"{(OUT / 'balloon-size.png').relative_to(TOP)}")
+
+
+if __name__ == "__main__":
+    main()
