@@ -55,13 +55,7 @@ impl Device<device::Bound> {
         // SAFETY: `self.as_raw()` is a valid device, `value` is valid for writes of `len` bytes,
         // and `F: FromBytes` makes any bytes the device returns a valid `F`.
         unsafe {
-            bindings::__virtio_cread_many(
-                self.as_raw(),
-                offset as u32,
-                buf,
-                len / width,
-                width,
-            )
+            bindings::__virtio_cread_many(self.as_raw(), offset as u32, buf, len / width, width)
         };
         value
     }
