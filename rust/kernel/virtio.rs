@@ -121,6 +121,8 @@ unsafe impl<T: Driver + 'static> driver::RegistrationOps for Adapter<T> {
             if T::HAS_FREEZE {
                 (*drv).freeze = Some(Self::freeze_callback);
                 (*drv).restore = Some(Self::restore_callback);
+            } else {
+                (*drv).freeze = Some(Self::refuse_freeze_callback);
             }
         }
 
@@ -245,6 +247,17 @@ impl<T: Driver + 'static> Adapter<T> {
         from_result(|| T::freeze(dev, data).map(|()| 0))
     }
 
+    /// Without `freeze` the virtio core would suspend and resume the device behind the driver's
+    /// back, and the driver's queues would not work after resume: refuse to suspend instead.
+    #[cfg(CONFIG_PM_SLEEP)]
+    extern "C" fn refuse_freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
+        // SAFETY: The virtio bus only calls freeze with a valid pointer to a `struct
+        // virtio_device` whose driver is bound.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+        dev_warn!(dev.as_ref(), "driver does not support suspend\n");
+        EOPNOTSUPP.to_errno()
+    }
+
     #[cfg(CONFIG_PM_SLEEP)]
     extern "C" fn restore_callback(vdev: *mut bindings::virtio_device) -> c_int {
         // INVARIANT: `vdev` is valid for the duration of `restore_callback()`.
@@ -283,8 +296,10 @@ macro_rules! module_virtio_driver {
 /// The virtio driver trait.
 ///
 /// Optional callbacks are only installed when implemented, because the virtio core behaves
-/// differently when one is absent (no `shutdown` means the core quiesces the device itself, no
-/// `freeze` means the device cannot suspend).
+/// differently when one is absent: without `shutdown` the core quiesces the device itself.
+/// Without `freeze` and `restore` the core would suspend and resume the device behind the
+/// driver's back, leaving its queues dead: the abstraction refuses to suspend such a device
+/// instead (`EOPNOTSUPP`).
 ///
 /// # Examples
 ///
@@ -344,7 +359,8 @@ pub trait Driver {
 
     /// Unbinds the driver: the last moment the device still works.
     ///
-    /// The device is reset when this returns, and the data dropped after that.
+    /// When this returns the driver data is dropped (its [`Virtqueues`] reset the device) and the
+    /// device is reset, all before `remove()` returns.
     fn unbind<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         let _ = (dev, this);
     }

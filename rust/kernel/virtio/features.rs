@@ -21,6 +21,7 @@ use crate::{
 ///
 /// The bit is below `VIRTIO_FEATURES_BITS`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(transparent)]
 pub struct Feature(u32);
 
 impl Feature {

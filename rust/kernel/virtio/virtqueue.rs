@@ -209,6 +209,7 @@ impl Slot {
 struct Queue {
     vq: *mut bindings::virtqueue,
     buffer: Option<BufferType>,
+    callback: bool,
 }
 
 /// The virtqueues of a device, and the handler of their notifications.
@@ -299,6 +300,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
                 Queue {
                     vq: null_mut(),
                     buffer: q.buffer,
+                    callback: q.callback,
                 },
                 GFP_KERNEL,
             )?;
@@ -384,12 +386,15 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     /// `index`, and sleeps until the device gives it back.
     ///
     /// Waiting is what lets a borrow be lent: `mem` is borrowed for exactly as long as the
-    /// device may use it. Fails with `EINVAL` if the queue is not a [`QueueInfo::lending`] one,
-    /// and with `EIO` if the ring is or becomes broken: a device that broke its ring (or was
-    /// removed) is not waited for.
+    /// device may use it. Fails with `EINVAL` if the queue is not a [`QueueInfo::lending`] one
+    /// with notifications, and with `EIO` if the ring is broken when the wait starts or wakes
+    /// up. Breaking a ring wakes nobody yet: a device removed by surprise while a buffer is out
+    /// leaves the waiter asleep, as in C. Returning on a broken ring assumes, as all of virtio
+    /// does, that a broken ring's device no longer accesses guest memory through it.
     pub fn lend_and_wait(&self, index: usize, mem: &impl Lend, flags: Flags) -> Result {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
-        if queue.buffer.map(|t| (t.id)()) != Some(TypeId::of::<Lending>()) {
+        // Without notifications nothing would end the wait.
+        if queue.buffer.map(|t| (t.id)()) != Some(TypeId::of::<Lending>()) || !queue.callback {
             return Err(EINVAL);
         }
         if queue.vq.is_null() {
