@@ -96,10 +96,10 @@ pub unsafe trait Lend {
     fn sg(&self) -> (*mut bindings::scatterlist, u32);
 }
 
+#[cfg(CONFIG_PAGE_REPORTING)]
 // SAFETY: The page reporting core's scatterlist is valid for `nents` entries (it ends it with
 // `sg_mark_end`) over isolated free pages, which no Rust code accesses during the report call
 // and whose contents do not matter: their next owner initialises them.
-#[cfg(CONFIG_PAGE_REPORTING)]
 unsafe impl Lend for crate::mm::page_reporting::FreePages<'_> {
     fn sg(&self) -> (*mut bindings::scatterlist, u32) {
         self.raw()
