@@ -65,9 +65,11 @@ def boot(name, **kw):
 @pytest.fixture(scope="module")
 def guest(request):
     """A booted debug guest with a virtio-balloon device, shared by a module.
-    A module sets BALLOON_OPTS to give the device other properties."""
+    A module sets BALLOON_OPTS to give the device other properties, and
+    REBOOT = True for a guest that restarts on reboot instead of exiting."""
     g = boot(request.module.__name__.removeprefix("test_"),
-             balloon=getattr(request.module, "BALLOON_OPTS", ""))
+             balloon=getattr(request.module, "BALLOON_OPTS", ""),
+             reboot=getattr(request.module, "REBOOT", False))
     yield g
     g.close()
 

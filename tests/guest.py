@@ -96,7 +96,7 @@ class Guest:
 
     def __init__(self, flavour="debug", mem="4G", smp=2, append="",
                  balloon="", accel=None, name="guest", extra=(),
-                 kunit=False, shell=False, machine="q35"):
+                 kunit=False, shell=False, machine="q35", reboot=False):
         self.flavour = flavour
         self.mem = mem
         self.smp = smp
@@ -107,6 +107,7 @@ class Guest:
         self.kunit = kunit
         self.shell = shell
         self.machine = machine
+        self.reboot_ok = reboot
         self.append = append
         self.balloon_opts = balloon
         self.extra = list(extra)
@@ -138,7 +139,8 @@ class Guest:
             # under TCG); 4-level paging is what these guests are meant to use.
             "-cpu", "host" if accel == "kvm" else "max,la57=off",
             "-M", self.machine, "-m", self.mem, "-smp", str(self.smp),
-            "-nodefaults", "-display", "none", "-no-reboot",
+            "-nodefaults", "-display", "none",
+            *([] if self.reboot_ok else ["-no-reboot"]),
             "-kernel", str(img / "bzImage"), "-initrd", str(img / "initramfs.cpio"),
             "-append", " ".join(a for a in append if a),
             "-qmp", f"unix:{self.dir / 'qmp.sock'},server=on,wait=off",
@@ -290,6 +292,23 @@ class Guest:
             if not data:
                 raise GuestError("agent socket closed")
             self._buf += data
+
+    def reboot(self, timeout=None):
+        """Reboot the guest (`reboot -f`: devices are shut down, the kernel
+        restarts) and wait for the new one to answer. Needs reboot=True."""
+        if not self.reboot_ok:
+            raise GuestError("this guest exits on reboot (-no-reboot)")
+        start = self.log_size()
+        self.agent.sendall(f"\nrbx {base64.b64encode(b'reboot -f').decode()} rbx\n".encode())
+        deadline = time.monotonic() + 120
+        while "Linux version" not in self.log()[start:]:
+            if time.monotonic() > deadline or not self.alive():
+                raise GuestError("the guest did not restart; console tail:\n"
+                                 + self.log()[-3000:])
+            time.sleep(0.2)
+        self._buf = b""
+        self.wait_ready(timeout or (180 if self.flavour == "debug" else 60))
+        return self.log()[start:]
 
     def sync_log(self, timeout=30):
         """Wait until everything the kernel printed so far is in the log."""

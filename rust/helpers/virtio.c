@@ -2,6 +2,7 @@
 
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
+#include <linux/workqueue.h>
 
 #if IS_BUILTIN(CONFIG_VIRTIO)
 
@@ -62,6 +63,12 @@ __rust_helper void rust_helper_virtio_config_set(struct virtio_device *vdev,
 {
 	might_sleep();
 	vdev->config->set(vdev, offset, buf, len);
+}
+
+/* For the virtio adapter's work item, which holds the device's wakeup source while pending. */
+__rust_helper bool rust_helper_work_pending(struct work_struct *work)
+{
+	return work_pending(work);
 }
 
 #endif /* CONFIG_VIRTIO */

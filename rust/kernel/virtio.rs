@@ -114,9 +114,7 @@ unsafe impl<T: Driver + 'static> driver::RegistrationOps for Adapter<T> {
             if T::HAS_CONFIG_CHANGED {
                 (*drv).config_changed = Some(Self::config_changed_callback);
             }
-            if T::HAS_SHUTDOWN {
-                (*drv).shutdown = Some(Self::shutdown_callback);
-            }
+            (*drv).shutdown = Some(Self::shutdown_callback);
             #[cfg(CONFIG_PM_SLEEP)]
             if T::HAS_FREEZE {
                 (*drv).freeze = Some(Self::freeze_callback);
@@ -223,11 +221,16 @@ impl<T: Driver + 'static> Adapter<T> {
 
         // SAFETY: The device is bound, so `probe_callback` has stored a
         // `Pin<KBox<Private<'_, T>>>`.
-        let data = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() }.data();
+        let private = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() };
 
-        T::shutdown(dev, data);
+        // The work would only find a dead device.
+        private.disable_work();
+        if T::HAS_SHUTDOWN {
+            T::shutdown(dev, private.data());
+        }
 
-        // A driver's shutdown replaces the core's; the core's is still what quiesces the device.
+        // What the virtio core does for a driver without shutdown: break the rings, wait for
+        // callbacks, reset.
         // SAFETY: `vdev` is a valid `struct virtio_device`.
         unsafe { bindings::virtio_device_shutdown(vdev) };
     }
@@ -296,10 +299,11 @@ macro_rules! module_virtio_driver {
 /// The virtio driver trait.
 ///
 /// Optional callbacks are only installed when implemented, because the virtio core behaves
-/// differently when one is absent: without `shutdown` the core quiesces the device itself.
-/// Without `freeze` and `restore` the core would suspend and resume the device behind the
-/// driver's back, leaving its queues dead: the abstraction refuses to suspend such a device
-/// instead (`EOPNOTSUPP`).
+/// differently when one is absent. Shutdown is the exception: the abstraction always disables the
+/// driver's work, then calls [`Driver::shutdown`] if implemented, then quiesces the device as the
+/// core does for drivers without one. Without `freeze` and `restore` the core would suspend and
+/// resume the device behind the driver's back, leaving its queues dead: the abstraction refuses
+/// to suspend such a device instead (`EOPNOTSUPP`).
 ///
 /// # Examples
 ///
@@ -377,22 +381,28 @@ pub trait Driver {
     /// The driver's deferred work, in process context; queued with [`Device::schedule_work`].
     ///
     /// Runs once after probe, then each time it is scheduled, never concurrently with itself nor
-    /// with [`Driver::unbind`]. It runs on a freezable workqueue, so not while the system is
-    /// frozen for sleep.
+    /// with [`Driver::unbind`], and not after [`Driver::shutdown`]. It runs on a freezable
+    /// workqueue, so not while the system is frozen for sleep. While it is pending or running, a
+    /// wakeup-capable device holds its wakeup source ([`Device::set_wakeup_capable`]).
     fn work<'bound>(dev: &'bound Device<device::Bound>, this: Pin<&Self::Data<'bound>>) {
         let _ = (dev, this);
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
-    /// Quiesces the driver before the system shuts down; the abstraction then resets the device.
+    /// Quiesces the driver before the system shuts down.
+    ///
+    /// The driver's work is already disabled; when this returns the abstraction breaks the rings
+    /// and resets the device, so that nothing may wait on the device after this.
     fn shutdown<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         let _ = (dev, this);
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
-    /// Prepares for system sleep: release the queues and reset the device.
+    /// Prepares for system sleep: typically [`Virtqueues::freeze`], which resets the device and
+    /// deletes the queues.
     ///
-    /// Implementing `freeze` requires implementing [`Driver::restore`] too.
+    /// The driver's work does not run meanwhile: the system is frozen. Implementing `freeze`
+    /// requires implementing [`Driver::restore`] too.
     fn freeze<'bound>(
         dev: &'bound Device<device::Core<'_>>,
         this: Pin<&Self::Data<'bound>>,
@@ -401,7 +411,9 @@ pub trait Driver {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
-    /// Brings the device back after [`Driver::freeze`].
+    /// Brings the device back after [`Driver::freeze`]: typically [`Virtqueues::restore`], then
+    /// whatever probe did with the fresh queues. If the driver does not mark the device ready,
+    /// the virtio core does after this returns.
     fn restore<'bound>(
         dev: &'bound Device<device::Core<'_>>,
         this: Pin<&Self::Data<'bound>>,

@@ -12,13 +12,19 @@
 //! whose drop is its teardown: the statistics queue, the OOM notifier, the free page reporting
 //! registration. Free page hinting is not offered yet.
 //!
+//! Power management is the C driver's: freeze gives every page back and deletes the queues,
+//! restore creates them again and inflates back to the target once the system has thawed;
+//! shutdown drops the optional parts and leaves the balloon as it is, for the next kernel to
+//! inflate to the host's target again. The device is wakeup-capable: with `power/wakeup`
+//! enabled it keeps the system awake while the balloon moves.
+//!
 //! # Locking
 //!
 //! - [`Host::pfns`] (the one frame-number buffer) serialises every request to the host, as
 //!   `balloon_lock` does in C. Migration only try-locks it: inflation may hold it while waiting
 //!   for memory that the migration would free.
-//! - Resizing runs only in the driver's work item and in unbind, which never run concurrently;
-//!   the OOM notifier deflates concurrently with both, under [`Host::pfns`].
+//! - Resizing runs only in the driver's work item, unbind and freeze, which never run
+//!   concurrently; the OOM notifier deflates concurrently with them, under [`Host::pfns`].
 
 use core::mem::size_of;
 
@@ -354,29 +360,39 @@ impl page_reporting::Reporter for Shared<'_> {
     }
 }
 
-/// The driver data. The optional parts come first: they are dropped, unregistered, before the
-/// queues they use.
-struct VirtioBalloon<'a> {
-    _reporting: Option<Pin<KBox<page_reporting::Registration<Arc<Shared<'a>>>>>>,
-    _oom: Option<Pin<KBox<oom::Registration<Arc<Shared<'a>>>>>>,
-    core: Arc<Shared<'a>>,
+/// The features the device negotiated, read once in probe.
+#[derive(Clone, Copy)]
+struct Negotiated {
+    stats: bool,
+    deflate_on_oom: bool,
+    poison: bool,
+    reporting: bool,
 }
 
-impl<'a> VirtioBalloon<'a> {
-    fn new(dev: &'a virtio::Device<Core<'_>>) -> Result<Self> {
-        let deflate_on_oom = dev.has_feature(F_DEFLATE_ON_OOM);
-        let stats = dev.has_feature(F_STATS_VQ);
-        let reporting = dev.has_feature(F_REPORTING);
+impl Negotiated {
+    fn read(dev: &virtio::Device<Core<'_>>) -> Self {
+        Self {
+            stats: dev.has_feature(F_STATS_VQ),
+            deflate_on_oom: dev.has_feature(F_DEFLATE_ON_OOM),
+            poison: dev.has_feature(F_PAGE_POISON),
+            reporting: dev.has_feature(F_REPORTING),
+        }
+    }
+}
+
+impl<'a> Shared<'a> {
+    /// Creates the queues and the balloon, and tells the host what freed pages hold.
+    fn new(dev: &'a virtio::Device<Core<'_>>, features: Negotiated) -> Result<Arc<Self>> {
         let queues = [
             QueueInfo::new::<PfnBuffer>(c"inflate"),
             QueueInfo::new::<PfnBuffer>(c"deflate"),
-            if stats {
+            if features.stats {
                 QueueInfo::new::<StatsBuffer>(c"stats")
             } else {
                 QueueInfo::unused()
             },
             QueueInfo::unused(),
-            if reporting {
+            if features.reporting {
                 QueueInfo::lending(c"reporting_vq")
             } else {
                 QueueInfo::unused()
@@ -388,13 +404,13 @@ impl<'a> VirtioBalloon<'a> {
             dev: bound,
             stats_requested: Atomic::new(false),
         };
-        let managed = if deflate_on_oom {
+        let managed = if features.deflate_on_oom {
             ManagedPages::Keep
         } else {
             ManagedPages::Adjust
         };
         let vqs = Virtqueues::new(dev, &queues, events);
-        let core = Arc::pin_init(
+        let this = Arc::pin_init(
             try_pin_init!(Shared {
                 dev: bound,
                 balloon <- Balloon::new(
@@ -407,23 +423,8 @@ impl<'a> VirtioBalloon<'a> {
             }? Error),
             GFP_KERNEL,
         )?;
-
-        if stats {
-            // The host answers the first buffer when it first wants statistics.
-            let mut buf = KBox::new(
-                core::array::from_fn(|_| Stat {
-                    tag: le::U16::ZERO,
-                    val: le::U64::ZERO,
-                }),
-                GFP_KERNEL,
-            )?;
-            let n = Shared::collect_stats(&mut buf);
-            let mut vq = core.host().vqs.lock::<StatsBuffer>(STATS)?;
-            vq.add_outbuf(buf, n * size_of::<Stat>(), GFP_KERNEL)
-                .map_err(|(e, _)| e)?;
-            vq.kick();
-        }
-        if dev.has_feature(F_PAGE_POISON) {
+        this.prime_stats()?;
+        if features.poison {
             // What freed pages hold: zeroes with init-on-free, else the poison pattern.
             let byte = if poison::init_on_free() {
                 0
@@ -433,7 +434,52 @@ impl<'a> VirtioBalloon<'a> {
             let val = le::U32::new(u32::from_ne_bytes([byte; 4]));
             kernel::virtio_cwrite!(dev, Config, poison_val, val);
         }
-        let oom = if deflate_on_oom {
+        Ok(this)
+    }
+
+    /// Gives the host its first statistics buffer, which it answers when it first wants
+    /// statistics; does nothing without a statistics queue.
+    fn prime_stats(&self) -> Result {
+        let mut vq = match self.host().vqs.lock::<StatsBuffer>(STATS) {
+            Err(ENOENT) => return Ok(()),
+            vq => vq?,
+        };
+        let mut buf = KBox::new(
+            core::array::from_fn(|_| Stat {
+                tag: le::U16::ZERO,
+                val: le::U64::ZERO,
+            }),
+            GFP_KERNEL,
+        )?;
+        let n = Self::collect_stats(&mut buf);
+        vq.add_outbuf(buf, n * size_of::<Stat>(), GFP_KERNEL)
+            .map_err(|(e, _)| e)?;
+        vq.kick();
+        Ok(())
+    }
+
+    /// Gives every page back, telling the host, and reports the empty balloon.
+    fn deflate_all(&self) {
+        while self.balloon.pages() != 0 {
+            if self.leak(PAGES_PER_REQUEST) == 0 {
+                // Every page left is isolated for migration; they come back shortly.
+                fsleep(Delta::from_millis(1));
+            }
+        }
+        self.update_actual();
+    }
+}
+
+/// The parts that exist only when their feature was negotiated. Dropping them is their
+/// teardown.
+struct Optional<'a> {
+    _reporting: Option<Pin<KBox<page_reporting::Registration<Arc<Shared<'a>>>>>>,
+    _oom: Option<Pin<KBox<oom::Registration<Arc<Shared<'a>>>>>>,
+}
+
+impl<'a> Optional<'a> {
+    fn new(core: &Arc<Shared<'a>>, features: Negotiated) -> Result<Self> {
+        let oom = if features.deflate_on_oom {
             Some(KBox::pin_init(
                 oom::Registration::new(core.clone()),
                 GFP_KERNEL,
@@ -441,7 +487,7 @@ impl<'a> VirtioBalloon<'a> {
         } else {
             None
         };
-        let reporting = if reporting {
+        let reporting = if features.reporting {
             let capacity = core.host().vqs.ring_size(REPORTING)?;
             Some(KBox::pin_init(
                 page_reporting::Registration::new(core.clone(), capacity),
@@ -450,12 +496,35 @@ impl<'a> VirtioBalloon<'a> {
         } else {
             None
         };
-        core.host().vqs.ready();
         Ok(Self {
             _reporting: reporting,
             _oom: oom,
-            core,
         })
+    }
+}
+
+/// The driver data.
+#[pin_data]
+struct VirtioBalloon<'a> {
+    /// Declared first to be dropped first: the registrations use the queues. Shutdown drops
+    /// them early, as the C driver unregisters them.
+    #[pin]
+    optional: Mutex<Option<Optional<'a>>>,
+    core: Arc<Shared<'a>>,
+}
+
+impl<'a> VirtioBalloon<'a> {
+    fn new<'c>(dev: &'a virtio::Device<Core<'c>>) -> impl PinInit<Self, Error> + use<'a, 'c> {
+        let features = Negotiated::read(dev);
+        try_pin_init!(Self {
+            core: Shared::new(dev, features)?,
+            optional <- new_mutex!(Some(Optional::new(core, features)?)),
+            _: {
+                // The host may hold the device awake while the balloon moves (`power/wakeup`).
+                dev.set_wakeup_capable(true);
+                core.host().vqs.ready();
+            },
+        }? Error)
     }
 }
 
@@ -513,11 +582,37 @@ impl virtio::Driver for VirtioBalloonDriver {
 
     fn unbind<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         // Every page goes back, and the host hears of it, before the device is reset.
-        while this.core.balloon.pages() != 0 {
-            if this.core.leak(PAGES_PER_REQUEST) == 0 {
-                fsleep(Delta::from_millis(1));
-            }
-        }
+        this.core.deflate_all();
+    }
+
+    fn shutdown<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        // No deflating: the host keeps its target, and the next kernel inflates to it. But no
+        // notifier or report may use the device once it is shut down.
+        let optional = this.optional.lock().take();
+        drop(optional);
+    }
+
+    fn freeze<'bound>(
+        dev: &'bound virtio::Device<Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> Result {
+        // Pages left in the balloon would be lost to a guest that resumes on another host, or
+        // after a hibernation image is restored: give them all back first, as the C driver.
+        this.core.deflate_all();
+        this.core.host().vqs.freeze(dev)
+    }
+
+    fn restore<'bound>(
+        dev: &'bound virtio::Device<Core<'_>>,
+        this: Pin<&Self::Data<'bound>>,
+    ) -> Result {
+        let vqs = &this.core.host().vqs;
+        vqs.restore(dev)?;
+        this.core.prime_stats()?;
+        vqs.ready();
         this.core.update_actual();
+        // Inflate to the target again once the system has thawed.
+        dev.schedule_work();
+        Ok(())
     }
 }

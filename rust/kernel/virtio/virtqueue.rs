@@ -34,6 +34,10 @@ use crate::{
     prelude::*,
     str::CStr,
     sync::{
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
         CondVar,
         Mutex,
         MutexGuard,
@@ -203,26 +207,36 @@ impl Slot {
             used <- new_condvar!(),
         }? Error)
     }
+
+    /// Wakes the queue's waiters, after whatever they wait for happened.
+    fn wake(&self) {
+        // A waiter holds `notify` from its last look at the ring until it sleeps.
+        drop(self.notify.lock());
+        self.used.notify_all();
+    }
 }
 
-/// A queue `find_vqs` created, or not (`vq` is null for unused queues).
+/// One queue of the device: how it is created, and its ring while it exists.
 struct Queue {
-    vq: *mut bindings::virtqueue,
-    buffer: Option<BufferType>,
-    callback: bool,
+    info: QueueInfo,
+    /// The ring; null for an unused queue and while the queues are frozen. Only changed with the
+    /// queue's ring mutex held.
+    vq: Atomic<*mut bindings::virtqueue>,
 }
 
 /// The virtqueues of a device, and the handler of their notifications.
 ///
 /// Creating it creates the queues (`find_vqs`); dropping it resets the device if it is still
 /// live, drops every buffer the device did not return, and deletes the queues (`del_vqs`). A
-/// device has at most one at a time.
+/// device has at most one at a time. For system sleep, [`Virtqueues::freeze`] deletes the queues
+/// and [`Virtqueues::restore`] creates them again.
 ///
 /// # Invariants
 ///
-/// - While `self` exists, `dev`'s `priv` points at `self`, and `queues[i].vq` is queue `i` of
-///   `dev` or null; every token in a queue comes from `into_raw` of the type in
-///   `queues[i].buffer`.
+/// - While `self` exists, `dev`'s `priv` points at `self`.
+/// - `live` is whether the queues exist. While they do, `queues[i].vq` is queue `i` of `dev`, or
+///   null if unused; while they do not, every `vq` is null. Every token in a queue comes from
+///   `into_raw` of the type in `queues[i].info.buffer`.
 /// - `handler` and `slots` are initialised before the queues exist and outlive them.
 #[pin_data(PinnedDrop)]
 pub struct Virtqueues<'a, H: Handler> {
@@ -231,6 +245,7 @@ pub struct Virtqueues<'a, H: Handler> {
     handler: H,
     slots: Pin<KBox<[Slot]>>,
     queues: KVec<Queue>,
+    live: Atomic<bool>,
     // Interrupt handlers hold shared references into `self` while `drop` runs.
     #[pin]
     _pin: PhantomPinned,
@@ -257,9 +272,17 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     {
         let dev: &'a Device<device::Bound> = dev;
         let count = queues.len();
-        let infos = KVec::from_elem(QueueInfo::unused(), count, GFP_KERNEL).map(|mut v| {
-            v.copy_from_slice(queues);
-            v
+        let queues = KVec::with_capacity(count, GFP_KERNEL).and_then(|mut v| {
+            for info in queues {
+                v.push(
+                    Queue {
+                        info: *info,
+                        vq: Atomic::new(null_mut()),
+                    },
+                    GFP_KERNEL,
+                )?;
+            }
+            Ok(v)
         });
 
         try_pin_init!(&this in Self {
@@ -267,18 +290,48 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             handler <- handler,
             slots: KBox::pin_slice(|_| Slot::new(), count, GFP_KERNEL)?,
             // `handler` and `slots`, all a callback touches, are initialised at this point.
-            queues: Self::find(dev, &infos?, this.as_ptr().cast())?,
+            queues: Self::claim(dev, queues?, this.as_ptr().cast())?,
+            live: Atomic::new(true),
             _pin: PhantomPinned,
         }? Error)
     }
 
-    fn find(
+    /// Makes `this` the device's queue owner and creates `queues`.
+    fn claim(
         dev: &Device<device::Bound>,
-        queues: &[QueueInfo],
+        queues: KVec<Queue>,
         this: *mut c_void,
     ) -> Result<KVec<Queue>> {
+        let vdev = dev.as_raw();
+
+        // SAFETY: `vdev` is a valid `struct virtio_device`; its `priv` belongs to the driver,
+        // and for Rust drivers to this abstraction, which clears it before probe. Non-null means
+        // the device already has queues.
+        unsafe {
+            if !(*vdev).priv_.is_null() {
+                return Err(EBUSY);
+            }
+            (*vdev).priv_ = this;
+        }
+        // The callback finds `this` through `priv`, and the fields it uses are initialised.
+        let vqs = Self::find(dev, &queues).inspect_err(|_| {
+            // SAFETY: As above; on failure the transport has undone everything it did.
+            unsafe { (*vdev).priv_ = null_mut() };
+        })?;
+        // Nobody else can see `queues` yet.
+        for (queue, vq) in queues.iter().zip(vqs) {
+            queue.vq.store(vq, Relaxed);
+        }
+        Ok(queues)
+    }
+
+    /// Creates the queues (`find_vqs`) and returns them; `priv` must point at their owner.
+    fn find(
+        dev: &Device<device::Bound>,
+        queues: &[Queue],
+    ) -> Result<KVec<*mut bindings::virtqueue>> {
         let mut infos = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
-        for q in queues {
+        for q in queues.iter().map(|q| &q.info) {
             infos.push(
                 bindings::virtqueue_info {
                     name: q.name.map_or(null(), CStr::as_char_ptr),
@@ -293,51 +346,18 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             )?;
         }
         let mut vqs = KVec::from_elem(null_mut(), queues.len(), GFP_KERNEL)?;
-        // Everything that can fail comes before the queues exist.
-        let mut found = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
-        for q in queues {
-            found.push(
-                Queue {
-                    vq: null_mut(),
-                    buffer: q.buffer,
-                    callback: q.callback,
-                },
-                GFP_KERNEL,
-            )?;
-        }
-        let vdev = dev.as_raw();
 
-        // SAFETY: `vdev` is a valid `struct virtio_device`; its `priv` belongs to the driver,
-        // and for Rust drivers to this abstraction, which clears it before probe. Non-null means
-        // the device already has queues.
-        unsafe {
-            if !(*vdev).priv_.is_null() {
-                return Err(EBUSY);
-            }
-            (*vdev).priv_ = this;
-        }
-
-        // The callback finds `this` through `priv`, and the fields it uses are initialised.
-        // SAFETY: `vdev` is valid and has no queues (`priv` was null); `vqs` and `infos` hold
-        // `queues.len()` entries, and the names are `'static`.
-        let ret = unsafe {
+        // SAFETY: `dev` is valid and has no queues; `vqs` and `infos` hold `queues.len()`
+        // entries, and the names are `'static`.
+        to_result(unsafe {
             bindings::virtio_find_vqs(
-                vdev,
+                dev.as_raw(),
                 queues.len() as u32,
                 vqs.as_mut_ptr(),
                 infos.as_mut_ptr(),
             )
-        };
-        if ret != 0 {
-            // SAFETY: As above; on failure the transport has undone everything it did.
-            unsafe { (*vdev).priv_ = null_mut() };
-            return Err(Error::from_errno(ret));
-        }
-
-        for (queue, vq) in found.iter_mut().zip(vqs.iter()) {
-            queue.vq = *vq;
-        }
-        Ok(found)
+        })?;
+        Ok(vqs)
     }
 
     /// The `vq_callback_t` of every queue, in hard-IRQ context.
@@ -348,13 +368,12 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         // `Virtqueues` that created it.
         let this = unsafe { (*vdev).priv_ }.cast_const().cast::<Self>();
         // SAFETY: By the type invariants, `handler` and `slots` are initialised and outlive the
-        // queues. Only shared references to these two fields are made: `find()` may still be
-        // writing `queues`.
+        // queues. Only shared references to these two fields are made: `new()` may still be
+        // writing the others.
         let (handler, slots) = unsafe { (&*addr_of!((*this).handler), &*addr_of!((*this).slots)) };
 
         if let Some(slot) = slots.get(index) {
-            drop(slot.notify.lock());
-            slot.used.notify_all();
+            slot.wake();
         }
         handler.used(index);
     }
@@ -372,14 +391,78 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         &self.handler
     }
 
+    /// Deletes the queues for system sleep, from [`Driver::freeze`](super::Driver::freeze).
+    ///
+    /// The rings are marked broken first, and their waiters woken: a wait for a buffer the
+    /// device will never return ends with `EIO`. Then the device is reset, every buffer it held
+    /// goes back to its owner (is dropped), and the queues are deleted. Until
+    /// [`Virtqueues::restore`], using a queue fails with `ENODEV`. Does nothing if the queues are
+    /// already deleted; fails with `EINVAL` for another device.
+    pub fn freeze(&self, dev: &Device<device::Core<'_>>) -> Result {
+        // `dev` proves the device lock is held: freeze and restore never race each other.
+        if dev.as_raw() != self.dev.as_raw() {
+            return Err(EINVAL);
+        }
+        if !self.live.load(Relaxed) {
+            return Ok(());
+        }
+        let vdev = self.dev.as_raw();
+        // SAFETY: `vdev` is a valid device with queues (`live`).
+        unsafe { bindings::virtio_break_device(vdev) };
+        for slot in self.slots.iter() {
+            slot.wake();
+        }
+        // SAFETY: As above. Resetting also waits for running callbacks.
+        unsafe { bindings::virtio_reset_device(vdev) };
+        for (queue, slot) in self.queues.iter().zip(self.slots.iter()) {
+            // Waiters have left: the ring is broken.
+            let _ring = slot.ring.lock();
+            let vq = queue.vq.xchg(null_mut(), Relaxed);
+            // SAFETY: `vq` was queue `queue` of the reset device, and is unreachable now.
+            unsafe { reclaim(queue, vq) };
+        }
+        // SAFETY: `vdev` has the queues `find_vqs` created for `self`, reset and unreachable;
+        // `del_vqs` frees their interrupts.
+        unsafe { bindings::virtio_del_vqs(vdev) };
+        self.live.store(false, Relaxed);
+        Ok(())
+    }
+
+    /// Creates the queues again after [`Virtqueues::freeze`], as [`Virtqueues::new`] did, from
+    /// [`Driver::restore`](super::Driver::restore).
+    ///
+    /// The queues are empty: a driver that primes a queue does so again. Fails with `EBUSY` if
+    /// the queues exist, and with `EINVAL` for another device.
+    pub fn restore(&self, dev: &Device<device::Core<'_>>) -> Result {
+        if dev.as_raw() != self.dev.as_raw() {
+            return Err(EINVAL);
+        }
+        if self.live.load(Relaxed) {
+            return Err(EBUSY);
+        }
+        // `priv` still points at `self`.
+        let vqs = Self::find(self.dev, &self.queues)?;
+        for ((queue, slot), vq) in self.queues.iter().zip(self.slots.iter()).zip(vqs) {
+            let _ring = slot.ring.lock();
+            queue.vq.store(vq, Relaxed);
+        }
+        self.live.store(true, Relaxed);
+        Ok(())
+    }
+
     /// The size of queue number `index`'s ring, in descriptors.
     pub fn ring_size(&self, index: usize) -> Result<usize> {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
-        if queue.vq.is_null() {
+        if queue.info.name.is_none() {
             return Err(ENOENT);
         }
-        // SAFETY: `queue.vq` is a live queue (type invariant).
-        Ok(unsafe { bindings::virtqueue_get_vring_size(queue.vq) } as usize)
+        let _ring = self.slots[index].ring.lock();
+        let vq = queue.vq.load(Relaxed);
+        if vq.is_null() {
+            return Err(ENODEV);
+        }
+        // SAFETY: `vq` is a live queue (type invariant); we hold its ring mutex.
+        Ok(unsafe { bindings::virtqueue_get_vring_size(vq) } as usize)
     }
 
     /// Lends the memory of `mem` to the device to write (an in-buffer) on lending queue number
@@ -387,40 +470,40 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     ///
     /// Waiting is what lets a borrow be lent: `mem` is borrowed for exactly as long as the
     /// device may use it. Fails with `EINVAL` if the queue is not a [`QueueInfo::lending`] one
-    /// with notifications, and with `EIO` if the ring is broken when the wait starts or wakes
-    /// up. Breaking a ring wakes nobody yet: a device removed by surprise while a buffer is out
-    /// leaves the waiter asleep, as in C. Returning on a broken ring assumes, as all of virtio
-    /// does, that a broken ring's device no longer accesses guest memory through it.
+    /// with notifications, with `ENODEV` while the queues are frozen, and with `EIO` if the ring
+    /// is broken when the wait starts or wakes up. Breaking a ring on surprise removal wakes
+    /// nobody yet: the waiter sleeps on, as in C. Returning on a broken ring assumes, as all of
+    /// virtio does, that a broken ring's device no longer accesses guest memory through it.
     pub fn lend_and_wait(&self, index: usize, mem: &impl Lend, flags: Flags) -> Result {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
+        let info = queue.info;
         // Without notifications nothing would end the wait.
-        if queue.buffer.map(|t| (t.id)()) != Some(TypeId::of::<Lending>()) || !queue.callback {
+        if info.buffer.map(|t| (t.id)()) != Some(TypeId::of::<Lending>()) || !info.callback {
             return Err(EINVAL);
-        }
-        if queue.vq.is_null() {
-            return Err(ENOENT);
         }
         let slot = &self.slots[index];
         let _ring = slot.ring.lock();
+        let vq = queue.vq.load(Relaxed);
+        if vq.is_null() {
+            return Err(ENODEV);
+        }
         let (sg, nents) = mem.sg();
         // Any non-null token does: the ring mutex makes this the only buffer in the queue.
         let token = core::ptr::from_ref(slot).cast_mut().cast::<c_void>();
-        // SAFETY: `queue.vq` is live and we hold its ring mutex; `sg` is valid for `nents`
-        // entries over memory that stays lent until the device returns `token` (`Lend`).
-        to_result(unsafe {
-            bindings::virtqueue_add_inbuf(queue.vq, sg, nents, token, flags.as_raw())
-        })?;
+        // SAFETY: `vq` is live and we hold its ring mutex; `sg` is valid for `nents` entries over
+        // memory that stays lent until the device returns `token` (`Lend`).
+        to_result(unsafe { bindings::virtqueue_add_inbuf(vq, sg, nents, token, flags.as_raw()) })?;
         // SAFETY: As above.
-        unsafe { bindings::virtqueue_kick(queue.vq) };
+        unsafe { bindings::virtqueue_kick(vq) };
         loop {
             let mut notify = slot.notify.lock();
             let mut len = 0u32;
             // SAFETY: As above.
-            if !unsafe { bindings::virtqueue_get_buf(queue.vq, &mut len) }.is_null() {
+            if !unsafe { bindings::virtqueue_get_buf(vq, &mut len) }.is_null() {
                 return Ok(());
             }
             // SAFETY: As above.
-            if unsafe { bindings::virtqueue_is_broken(queue.vq) } {
+            if unsafe { bindings::virtqueue_is_broken(vq) } {
                 return Err(EIO);
             }
             slot.used.wait(&mut notify);
@@ -429,21 +512,23 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
 
     /// Locks queue number `index` for ring operations; its buffers are of type `B`.
     ///
-    /// Fails with `EINVAL` if there is no such queue or it carries another buffer type, and with
-    /// `ENOENT` if the queue is unused.
+    /// Fails with `EINVAL` if there is no such queue or it carries another buffer type, with
+    /// `ENOENT` if the queue is unused, and with `ENODEV` while the queues are frozen.
     pub fn lock<B: Buffer>(&self, index: usize) -> Result<QueueGuard<'_, B>> {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
-        carries::<B>(queue.buffer)?;
-        if queue.vq.is_null() {
-            return Err(ENOENT);
-        }
+        carries::<B>(queue.info.buffer)?;
         let slot = &self.slots[index];
+        let ring = slot.ring.lock();
+        let vq = queue.vq.load(Relaxed);
+        if vq.is_null() {
+            return Err(ENODEV);
+        }
 
-        // INVARIANT: `queue.vq` is a live queue whose tokens come from `B::into_raw` (checked
-        // above), and the guard holds its ring mutex.
+        // INVARIANT: `vq` is a live queue whose tokens come from `B::into_raw` (checked above),
+        // and the guard holds its ring mutex, without which it does not change.
         Ok(QueueGuard {
-            _ring: slot.ring.lock(),
-            vq: queue.vq,
+            _ring: ring,
+            vq,
             slot,
             _buffer: PhantomData,
         })
@@ -455,37 +540,48 @@ impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
     fn drop(self: Pin<&mut Self>) {
         let vdev = self.dev.as_raw();
 
-        // After `remove()` the virtio core leaves the device in ACKNOWLEDGE: it is reset and
-        // does not use the rings. Anything more (probe failed, the driver dropped its queues
-        // early) means the device may still use them.
-        if u32::from(self.dev.status()) & !bindings::VIRTIO_CONFIG_S_ACKNOWLEDGE != 0 {
-            // SAFETY: `vdev` is a valid device. Resetting also waits for running callbacks.
-            unsafe { bindings::virtio_reset_device(vdev) };
-        }
-
-        for queue in self.queues.iter() {
-            let Some(buffer) = queue.buffer else { continue };
-            if queue.vq.is_null() {
-                continue;
+        if self.live.load(Relaxed) {
+            // After `remove()` the virtio core leaves the device in ACKNOWLEDGE: it is reset and
+            // does not use the rings. Anything more (probe failed, the driver dropped its queues
+            // early) means the device may still use them.
+            if u32::from(self.dev.status()) & !bindings::VIRTIO_CONFIG_S_ACKNOWLEDGE != 0 {
+                // SAFETY: `vdev` is a valid device. Resetting also waits for running callbacks.
+                unsafe { bindings::virtio_reset_device(vdev) };
             }
-            loop {
-                // SAFETY: `queue.vq` is a live queue of a reset device.
-                let token = unsafe { bindings::virtqueue_detach_unused_buf(queue.vq) };
-                if token.is_null() {
-                    break;
-                }
-                // SAFETY: By the type invariants, `token` comes from `into_raw` of the queue's
-                // buffer type, and the ring hands it out once.
-                unsafe { (buffer.drop)(token) };
+            for queue in self.queues.iter() {
+                // SAFETY: The device is reset, and `drop` has the only reference to `self`.
+                unsafe { reclaim(queue, queue.vq.load(Relaxed)) };
             }
+            // SAFETY: `vdev` has the queues `find_vqs` created for `self` (type invariant);
+            // `del_vqs` frees their interrupts, so no callback runs after it.
+            unsafe { bindings::virtio_del_vqs(vdev) };
         }
+        // SAFETY: `vdev` is valid, and `priv` points at `self` (type invariant).
+        unsafe { (*vdev).priv_ = null_mut() };
+    }
+}
 
-        // SAFETY: `vdev` has the queues `find_vqs` created for `self` (type invariant);
-        // `del_vqs` frees their interrupts, so no callback runs after it.
-        unsafe {
-            bindings::virtio_del_vqs(vdev);
-            (*vdev).priv_ = null_mut();
+/// Drops every buffer left in `vq`.
+///
+/// # Safety
+///
+/// `vq` is null or queue `queue` of a reset device, and no other thread uses it.
+unsafe fn reclaim(queue: &Queue, vq: *mut bindings::virtqueue) {
+    let Some(buffer) = queue.info.buffer else {
+        return;
+    };
+    if vq.is_null() {
+        return;
+    }
+    loop {
+        // SAFETY: By the safety requirements of this function.
+        let token = unsafe { bindings::virtqueue_detach_unused_buf(vq) };
+        if token.is_null() {
+            break;
         }
+        // SAFETY: By the type invariants, `token` comes from `into_raw` of the queue's
+        // buffer type, and the ring hands it out once.
+        unsafe { (buffer.drop)(token) };
     }
 }
 

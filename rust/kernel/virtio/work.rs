@@ -23,6 +23,16 @@
 //! - Everything that may call [`Device::schedule_work`] is either an adapter callback the virtio
 //!   core stops before remove, or part of the driver data (queue callbacks, notifiers), which is
 //!   torn down before the driver data's memory is freed.
+//!
+//! # Wakeup source
+//!
+//! While the work is pending or running, the device holds its wakeup source (`pm_stay_awake()`),
+//! so that the system does not suspend in the middle of what the work does: a balloon that
+//! resizes in many steps, say. This only has an effect on a device the driver made
+//! wakeup-capable ([`Device::set_wakeup_capable`]) and user space enabled
+//! (`power/wakeup`). Scheduling takes the source after queueing; the work lets it go only when
+//! not queued again, and takes it back if it was queued meanwhile, so a pending work always
+//! holds it.
 
 use super::{
     Device,
@@ -113,23 +123,41 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
         unsafe { self.map_unchecked(|p| &p.data) }
     }
 
-    /// Disables the work item and waits for a running instance: it will not run again.
-    pub(super) fn disable_work(&self) {
-        // SAFETY: `work` is initialised by the type invariant.
-        unsafe { bindings::disable_work_sync(self.work.get()) };
-    }
-
     extern "C" fn run(work: *mut bindings::work_struct) {
         // SAFETY: By the type invariant only a `Private<T>` installs this function, for its
         // `work` at offset 0, and the item is disabled before the `Private` is dropped.
         let this = unsafe { Pin::new_unchecked(&*work.cast::<Self>()) };
-        // SAFETY: By the type invariant `vdev` is valid; a queued work item implies the driver is
-        // still bound, since remove disables it first.
-        let dev = unsafe { &*this.vdev.as_ptr().cast::<Device<device::Bound>>() };
+        let dev = this.get_ref().device();
 
         if T::HAS_WORK {
             T::work(dev, this.data());
         }
+        // SAFETY: `work` is initialised by the type invariant.
+        let pending = || unsafe { bindings::work_pending(work) };
+        if !pending() {
+            dev.relax();
+            // Scheduled between the check and the relax: hold the source again.
+            if pending() {
+                dev.stay_awake();
+            }
+        }
+    }
+}
+
+impl<T: Driver> Private<'_, T> {
+    /// Disables the work item and waits for a running instance: it will not run again.
+    pub(super) fn disable_work(&self) {
+        // SAFETY: `work` is initialised by the type invariant.
+        if unsafe { bindings::disable_work_sync(self.work.get()) } {
+            // It was pending, and held the wakeup source.
+            self.device().relax();
+        }
+    }
+
+    fn device(&self) -> &Device<device::Bound> {
+        // SAFETY: By the type invariant `vdev` is valid, and the driver is bound while `self`
+        // exists.
+        unsafe { &*self.vdev.as_ptr().cast::<Device<device::Bound>>() }
     }
 }
 
@@ -138,8 +166,7 @@ impl<T: Driver> PinnedDrop for Private<'_, T> {
     fn drop(self: Pin<&mut Self>) {
         // Remove has disabled the work already; this covers a driver data that is dropped
         // without remove, and must come before the data the work borrows is dropped.
-        // SAFETY: `work` is initialised by the type invariant.
-        unsafe { bindings::disable_work_sync(self.work.get()) };
+        self.disable_work();
     }
 }
 
@@ -160,12 +187,50 @@ impl Device<device::Bound> {
         // SAFETY: The device is bound to a Rust virtio driver, whose driver data is a `Private`
         // with its work item at offset 0, alive until after every caller of this function is gone
         // (see the module documentation). `system_freezable_wq` lives forever.
-        unsafe {
+        let queued = unsafe {
             bindings::queue_work_on(
                 bindings::wq_misc_consts_WORK_CPU_UNBOUND as c_int,
                 bindings::system_freezable_wq,
                 ptr.cast(),
             )
+        };
+        if queued {
+            self.stay_awake();
         }
+        queued
+    }
+
+    /// Holds the device's wakeup source, if it has one (`pm_stay_awake()`).
+    fn stay_awake(&self) {
+        #[cfg(CONFIG_PM_SLEEP)]
+        // SAFETY: `self` is a valid device; `pm_stay_awake()` may be called from any context.
+        unsafe {
+            bindings::pm_stay_awake(self.as_ref().as_raw())
+        };
+    }
+
+    /// Lets the device's wakeup source go (`pm_relax()`).
+    fn relax(&self) {
+        #[cfg(CONFIG_PM_SLEEP)]
+        // SAFETY: As for `stay_awake`.
+        unsafe {
+            bindings::pm_relax(self.as_ref().as_raw())
+        };
+    }
+}
+
+impl Device<device::Core<'_>> {
+    /// Makes the device able to wake the system, or not (`device_set_wakeup_capable()`).
+    ///
+    /// A wakeup-capable device whose wakeup user space enabled (`power/wakeup`) holds its
+    /// wakeup source while the driver's work is pending or running; see [`Driver::work`].
+    pub fn set_wakeup_capable(&self, capable: bool) {
+        #[cfg(CONFIG_PM_SLEEP)]
+        // SAFETY: `self` is a valid device, and we are in a bus callback of its driver.
+        unsafe {
+            bindings::device_set_wakeup_capable(self.as_ref().as_raw(), capable)
+        };
+        #[cfg(not(CONFIG_PM_SLEEP))]
+        let _ = capable;
     }
 }
