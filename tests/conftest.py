@@ -66,10 +66,12 @@ def boot(name, **kw):
 def guest(request):
     """A booted debug guest with a virtio-balloon device, shared by a module.
     A module sets BALLOON_OPTS to give the device other properties, and
-    REBOOT = True for a guest that restarts on reboot instead of exiting."""
+    REBOOT = True for a guest that restarts on reboot instead of exiting, and
+    QEMU_EXTRA for more QEMU arguments (objects the device refers to)."""
     g = boot(request.module.__name__.removeprefix("test_"),
              balloon=getattr(request.module, "BALLOON_OPTS", ""),
-             reboot=getattr(request.module, "REBOOT", False))
+             reboot=getattr(request.module, "REBOOT", False),
+             extra=getattr(request.module, "QEMU_EXTRA", ()))
     yield g
     g.close()
 

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
+#include <linux/scatterlist.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 #include <linux/workqueue.h>
@@ -63,6 +64,13 @@ __rust_helper void rust_helper_virtio_config_set(struct virtio_device *vdev,
 {
 	might_sleep();
 	vdev->config->set(vdev, offset, buf, len);
+}
+
+/* A free page hint describes a block of pages by its page, not by a mapping. */
+__rust_helper void rust_helper_sg_set_page(struct scatterlist *sg, struct page *page,
+					   unsigned int len, unsigned int offset)
+{
+	sg_set_page(sg, page, len, offset);
 }
 
 /* For the virtio adapter's work item, which holds the device's wakeup source while pending. */

@@ -15,7 +15,8 @@
 //!
 //! The abstraction, not the driver, tears the device down, in this order:
 //!
-//! 1. the driver's work is disabled (it finishes if running);
+//! 1. waiters of the queues are woken (a device removed by surprise has broken rings, and
+//!    breaking a ring wakes nobody), and the driver's work is disabled (it finishes if running);
 //! 2. [`Driver::unbind`] runs, with the device still working;
 //! 3. the driver data is dropped, still within `remove()`, field by field: parts that may need
 //!    the device to let go (a registration whose callback waits for the device) go first, while
@@ -160,7 +161,8 @@ impl<T: Driver + 'static> Adapter<T> {
 
         from_result(|| {
             let vdev = NonNull::new(vdev).ok_or(EINVAL)?;
-            let data = KBox::pin_init(Private::<T>::new(vdev, T::probe(dev)), GFP_KERNEL)?;
+            let data = KBox::pin_init(Private::<T>::new(vdev, T::probe(dev)), GFP_KERNEL)
+                .inspect_err(|_| virtqueue::delete_leaked(dev))?;
 
             Private::publish(dev.as_ref(), data);
             // Work scheduled during probe was not queued (see `Device::schedule_work`).
@@ -183,18 +185,20 @@ impl<T: Driver + 'static> Adapter<T> {
         // and stored a `Pin<KBox<Private<'_, T>>>`.
         let private = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() };
 
+        // A device removed by surprise has broken rings: its waiters (the work, say) return.
+        virtqueue::wake_all(dev);
         private.disable_work();
         T::unbind(dev, private.data());
 
         // The data goes while the device still works: parts of it may wait for the device
         // before they let go (a free page report in flight, say). Its `Virtqueues` reset the
         // device, reclaim the buffers and delete the queues when dropped.
-        // SAFETY: `probe_callback` stored a `Pin<KBox<Private<'_, T>>>`; `private` is not used
-        // after this.
-        drop(unsafe { dev.as_ref().drvdata_obtain::<Private<'_, T>>() });
+        // SAFETY: `probe_callback` published a `Private<'_, T>`; `private` is not used after this.
+        drop(unsafe { Private::<T>::unpublish(dev.as_ref()) });
 
         // `virtio_dev_remove()` checks that the device is reset as soon as we return.
         dev.reset();
+        virtqueue::delete_leaked(dev);
     }
 
     extern "C" fn config_changed_callback(vdev: *mut bindings::virtio_device) {
@@ -233,6 +237,8 @@ impl<T: Driver + 'static> Adapter<T> {
         // callbacks, reset.
         // SAFETY: `vdev` is a valid `struct virtio_device`.
         unsafe { bindings::virtio_device_shutdown(vdev) };
+        // Whoever still waited on a ring returns, with `EIO`.
+        virtqueue::wake_all(dev);
     }
 
     #[cfg(CONFIG_PM_SLEEP)]

@@ -10,7 +10,7 @@
 //!
 //! Each optional feature is a part of [`VirtioBalloon`] that exists only when negotiated and
 //! whose drop is its teardown: the statistics queue, the OOM notifier, the free page reporting
-//! registration. Free page hinting is not offered yet.
+//! registration, free page hinting (its queue, work, workqueue and shrinker).
 //!
 //! Power management is the C driver's: freeze gives every page back and deletes the queues,
 //! restore creates them again and inflates back to the target once the system has thawed;
@@ -31,7 +31,15 @@ use core::mem::size_of;
 use pin_init::stack_pin_init;
 
 use kernel::{
-    alloc::flags::GFP_NOWAIT,
+    alloc::{
+        flags::{
+            __GFP_NOMEMALLOC,
+            __GFP_NORETRY,
+            __GFP_NOWARN, //
+            GFP_NOWAIT,
+        },
+        Flags,
+    },
     balloon::{
         Balloon,
         BalloonPage,
@@ -55,7 +63,16 @@ use kernel::{
             self,
             FreePages, //
         },
+        pages::{
+            Pages,
+            PagesList,
+            MAX_ORDER, //
+        },
         poison,
+        shrinker::{
+            self,
+            Shrinker, //
+        },
         vmstat::{
             MemInfo,
             NodeStat,
@@ -63,17 +80,19 @@ use kernel::{
             VmEvents, //
         }, //
     },
-    new_mutex,
+    new_mutex, new_spinlock,
     page::PAGE_SIZE,
     prelude::*,
     sync::{
         atomic::{
             Atomic,
+            Full,
             Relaxed, //
         },
         Arc,
         Mutex,
-        MutexGuard, //
+        MutexGuard,
+        SpinLock, //
     },
     time::{
         delay::fsleep,
@@ -82,11 +101,21 @@ use kernel::{
     virtio::{
         self,
         le,
-        virtqueue::Handler,
+        virtqueue::{
+            Handler,
+            QueueGuard, //
+        },
         Feature,
         FeatureSet,
         QueueInfo,
         Virtqueues, //
+    },
+    workqueue::{
+        new_scoped_work,
+        OwnedQueue,
+        QueueFlags,
+        ScopedHandler,
+        ScopedWork, //
     },
 };
 
@@ -96,6 +125,8 @@ const F_MUST_TELL_HOST: Feature = Feature::new(0);
 const F_STATS_VQ: Feature = Feature::new(1);
 /// Ballooned pages stay guest memory and are given back when the guest runs out.
 const F_DEFLATE_ON_OOM: Feature = Feature::new(2);
+/// While migrating the guest, the host asks for free memory it need not copy.
+const F_FREE_PAGE_HINT: Feature = Feature::new(3);
 /// The host learns what freed pages contain (`poison_val`).
 const F_PAGE_POISON: Feature = Feature::new(4);
 /// Free pages are reported, through a fifth queue, for the host to discard.
@@ -132,7 +163,31 @@ type StatsBuffer = KBox<[Stat; STATS_NR]>;
 const INFLATE: usize = 0;
 const DEFLATE: usize = 1;
 const STATS: usize = 2;
+const FREE_PAGE: usize = 3;
 const REPORTING: usize = 4;
+
+/// Free page hint command ids: the host wants no more hints, or is done with those it has.
+const CMD_ID_STOP: u32 = 0;
+const CMD_ID_DONE: u32 = 1;
+
+/// Free memory is hinted in blocks of the largest order the allocator has (4 MiB on x86).
+const HINT_ORDER: u32 = MAX_ORDER;
+const HINT_PAGES: usize = 1 << HINT_ORDER;
+
+/// Hinted blocks are taken only if free: no reclaim, no retrying, no reserves, no warning.
+fn hint_flags() -> Flags {
+    __GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC
+}
+
+type CmdIdBuffer = KBox<le::U32>;
+
+/// The smallest free blocks reported: the core's default (a pageblock) except with 64 KiB pages,
+/// whose 512 MiB pageblocks would leave little to report; there, 2 MiB, as the C driver.
+const REPORTING_ORDER: Option<u32> = if cfg!(all(CONFIG_ARM64, CONFIG_ARM64_64K_PAGES)) {
+    Some(5)
+} else {
+    None
+};
 
 /// Pages the OOM notifier gives back per call, as the C driver.
 const OOM_PAGES: usize = 256 / FRAMES_4K_PER_PAGE;
@@ -222,6 +277,7 @@ impl MigrationHandler for Host<'_> {
 #[pin_data]
 struct Shared<'a> {
     dev: &'a virtio::Device<Bound>,
+    hints: Option<Pin<KBox<Hints>>>,
     #[pin]
     balloon: Balloon<Host<'a>>,
 }
@@ -345,6 +401,78 @@ impl Shared<'_> {
     }
 }
 
+impl Shared<'_> {
+    /// A round of free page hinting: start id, as many free blocks as there are while the host
+    /// wants them, stop id. As in C, errors are only logged: the host ends the round anyway.
+    fn hint_round(&self, hints: &Hints) {
+        let Ok(mut vq) = self.host().vqs.lock::<CmdIdBuffer>(FREE_PAGE) else {
+            return;
+        };
+        let send_id = |vq: &mut QueueGuard<'_, CmdIdBuffer>, id: u32| -> Result {
+            // Command ids the host has read come back as used buffers, and go.
+            while vq.get_buf().is_some() {}
+            let buf = KBox::new(le::U32::new(id), GFP_KERNEL)?;
+            vq.add_outbuf(buf, size_of::<le::U32>(), GFP_KERNEL)
+                .map_err(|(e, _)| e)?;
+            vq.kick();
+            Ok(())
+        };
+        let id = hints.received(self.dev);
+        hints.active.store(id, Relaxed);
+        if let Err(e) = send_id(&mut vq, id) {
+            dev_err!(self.dev, "Failed to send a start id, err = {:?}\n", e);
+        }
+        while hints.active.load(Relaxed) == hints.received(self.dev) {
+            while vq.get_buf().is_some() {}
+            let Some(block) = Pages::alloc(hint_flags(), HINT_ORDER) else {
+                // Every free block is hinted.
+                break;
+            };
+            // One descriptor stays free for the stop id; a full ring drops the block.
+            if vq.num_free() > 1 {
+                if let Err(e) = vq.add_hint(&block, GFP_KERNEL) {
+                    dev_err!(self.dev, "Failed to send a free page, err = {:?}\n", e);
+                    break;
+                }
+                vq.kick();
+                hints.keep(block);
+            }
+        }
+        if let Err(e) = send_id(&mut vq, CMD_ID_STOP) {
+            dev_err!(self.dev, "Failed to send a stop id, err = {:?}\n", e);
+        }
+    }
+}
+
+/// The hinting work: a new command id starts a round; `CMD_ID_DONE` gives every block back.
+impl ScopedHandler for Shared<'_> {
+    fn run(&self) {
+        let Some(hints) = &self.hints else {
+            return;
+        };
+        let received = hints.received(self.dev);
+        if received == CMD_ID_DONE {
+            hints.give_back(usize::MAX);
+        } else if received != CMD_ID_STOP && received != hints.active.load(Relaxed) {
+            self.hint_round(hints);
+        }
+    }
+}
+
+/// Hinted blocks are the guest's to take back whenever it needs memory; counted in pages.
+impl Shrinker for Shared<'_> {
+    fn count(&self) -> usize {
+        self.hints
+            .as_ref()
+            .map_or(0, |h| h.held.load(Relaxed) * HINT_PAGES)
+    }
+
+    fn scan(&self, nr_to_scan: usize) -> Option<usize> {
+        let hints = self.hints.as_ref()?;
+        Some(hints.give_back(nr_to_scan.div_ceil(HINT_PAGES)) * HINT_PAGES)
+    }
+}
+
 impl oom::Handler for Shared<'_> {
     fn out_of_memory(&self) -> usize {
         let freed = self.leak(OOM_PAGES);
@@ -360,10 +488,71 @@ impl page_reporting::Reporter for Shared<'_> {
     }
 }
 
+/// The blocks of free memory hinted to the host, which it need not copy while it migrates the
+/// guest. They stay out of the guest's use until the host is done (`CMD_ID_DONE`), or reclaim
+/// wants them back (the shrinker).
+#[pin_data]
+struct Hints {
+    #[pin]
+    blocks: SpinLock<PagesList>,
+    /// How many blocks `blocks` holds, for the shrinker to read without the lock.
+    held: Atomic<usize>,
+    /// The configuration changed: the command id must be read again. The id is read only then,
+    /// since the host answers `CMD_ID_STOP` once it has seen the driver start a round.
+    read_cmd_id: Atomic<bool>,
+    /// The command id last read.
+    received: Atomic<u32>,
+    /// The command id of the round started last.
+    active: Atomic<u32>,
+}
+
+impl Hints {
+    fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            blocks <- new_spinlock!(PagesList::new(HINT_ORDER)),
+            held: Atomic::new(0),
+            read_cmd_id: Atomic::new(false),
+            received: Atomic::new(CMD_ID_STOP),
+            active: Atomic::new(CMD_ID_STOP),
+        })
+    }
+
+    /// The host's command id, read again if the configuration changed since.
+    fn received(&self, dev: &virtio::Device<Bound>) -> u32 {
+        if self.read_cmd_id.xchg(false, Full) {
+            let id = kernel::virtio_cread!(dev, Config, free_page_hint_cmd_id).get();
+            self.received.store(id, Relaxed);
+        }
+        self.received.load(Relaxed)
+    }
+
+    fn keep(&self, block: Pages) {
+        let mut blocks = self.blocks.lock();
+        if blocks.as_mut().push(block).is_ok() {
+            self.held.add(1, Relaxed);
+        }
+    }
+
+    /// Gives up to `count` blocks back to the guest; returns how many.
+    fn give_back(&self, count: usize) -> usize {
+        let mut n = 0;
+        while n < count {
+            let Some(block) = self.blocks.lock().as_mut().pop() else {
+                break;
+            };
+            self.held.fetch_sub(1, Relaxed);
+            drop(block);
+            n += 1;
+        }
+        n
+    }
+}
+
 /// The features the device negotiated, read once in probe.
 #[derive(Clone, Copy)]
 struct Negotiated {
     stats: bool,
+    hint: bool,
     deflate_on_oom: bool,
     poison: bool,
     reporting: bool,
@@ -373,6 +562,7 @@ impl Negotiated {
     fn read(dev: &virtio::Device<Core<'_>>) -> Self {
         Self {
             stats: dev.has_feature(F_STATS_VQ),
+            hint: dev.has_feature(F_FREE_PAGE_HINT),
             deflate_on_oom: dev.has_feature(F_DEFLATE_ON_OOM),
             poison: dev.has_feature(F_PAGE_POISON),
             reporting: dev.has_feature(F_REPORTING),
@@ -391,7 +581,13 @@ impl<'a> Shared<'a> {
             } else {
                 QueueInfo::unused()
             },
-            QueueInfo::unused(),
+            if features.hint {
+                QueueInfo::new::<CmdIdBuffer>(c"free_page_vq")
+                    .without_callback()
+                    .with_hints()
+            } else {
+                QueueInfo::unused()
+            },
             if features.reporting {
                 QueueInfo::lending(c"reporting_vq")
             } else {
@@ -410,9 +606,15 @@ impl<'a> Shared<'a> {
             ManagedPages::Adjust
         };
         let vqs = Virtqueues::new(dev, &queues, events);
+        let hints = if features.hint {
+            Some(KBox::pin_init(Hints::new(), GFP_KERNEL)?)
+        } else {
+            None
+        };
         let this = Arc::pin_init(
             try_pin_init!(Shared {
                 dev: bound,
+                hints,
                 balloon <- Balloon::new(
                     managed,
                     try_pin_init!(Host {
@@ -424,6 +626,10 @@ impl<'a> Shared<'a> {
             GFP_KERNEL,
         )?;
         this.prime_stats()?;
+        // One descriptor is kept for the stop id.
+        if features.hint && this.host().vqs.ring_size(FREE_PAGE)? < 2 {
+            return Err(ENOSPC);
+        }
         if features.poison {
             // What freed pages hold: zeroes with init-on-free, else the poison pattern.
             let byte = if poison::init_on_free() {
@@ -458,6 +664,13 @@ impl<'a> Shared<'a> {
         Ok(())
     }
 
+    /// Gives every hinted block back to the guest.
+    fn give_back_hints(&self) {
+        if let Some(hints) = &self.hints {
+            hints.give_back(usize::MAX);
+        }
+    }
+
     /// Gives every page back, telling the host, and reports the empty balloon.
     fn deflate_all(&self) {
         while self.balloon.pages() != 0 {
@@ -475,6 +688,7 @@ impl<'a> Shared<'a> {
 struct Optional<'a> {
     _reporting: Option<Pin<KBox<page_reporting::Registration<Arc<Shared<'a>>>>>>,
     _oom: Option<Pin<KBox<oom::Registration<Arc<Shared<'a>>>>>>,
+    _shrinker: Option<Pin<KBox<shrinker::Registration<Arc<Shared<'a>>>>>>,
 }
 
 impl<'a> Optional<'a> {
@@ -490,7 +704,15 @@ impl<'a> Optional<'a> {
         let reporting = if features.reporting {
             let capacity = core.host().vqs.ring_size(REPORTING)?;
             Some(KBox::pin_init(
-                page_reporting::Registration::new(core.clone(), capacity),
+                page_reporting::Registration::new(core.clone(), capacity, REPORTING_ORDER),
+                GFP_KERNEL,
+            )?)
+        } else {
+            None
+        };
+        let shrinker = if features.hint {
+            Some(KBox::pin_init(
+                shrinker::Registration::new(c"virtio-balloon", core.clone()),
                 GFP_KERNEL,
             )?)
         } else {
@@ -499,7 +721,44 @@ impl<'a> Optional<'a> {
         Ok(Self {
             _reporting: reporting,
             _oom: oom,
+            _shrinker: shrinker,
         })
+    }
+}
+
+/// Free page hinting's work, on a queue of its own as in C, so that a round does not hold up
+/// resizing.
+#[pin_data]
+struct Hinting<'a> {
+    /// Declared first to be dropped first: waits for a round in progress.
+    #[pin]
+    work: ScopedWork<Arc<Shared<'a>>>,
+    wq: OwnedQueue,
+}
+
+impl<'a> Hinting<'a> {
+    fn new(core: &Arc<Shared<'a>>, features: Negotiated) -> Result<Option<Pin<KBox<Self>>>> {
+        if !features.hint {
+            return Ok(None);
+        }
+        let flags = QueueFlags::PERCPU | QueueFlags::FREEZABLE | QueueFlags::CPU_INTENSIVE;
+        let core = core.clone();
+        Ok(Some(KBox::pin_init(
+            try_pin_init!(Self {
+                wq: OwnedQueue::new(c"balloon-wq", flags, 0)?,
+                work <- new_scoped_work!(core, "virtio_balloon_hint"),
+            }? Error),
+            GFP_KERNEL,
+        )?))
+    }
+
+    /// The configuration changed: the command id may have; runs in atomic context.
+    fn changed(&self, core: &Shared<'_>) {
+        if let Some(hints) = &core.hints {
+            if !hints.read_cmd_id.xchg(true, Full) {
+                self.work.queue(&self.wq);
+            }
+        }
     }
 }
 
@@ -510,6 +769,7 @@ struct VirtioBalloon<'a> {
     /// them early, as the C driver unregisters them.
     #[pin]
     optional: Mutex<Option<Optional<'a>>>,
+    hinting: Option<Pin<KBox<Hinting<'a>>>>,
     core: Arc<Shared<'a>>,
 }
 
@@ -519,10 +779,15 @@ impl<'a> VirtioBalloon<'a> {
         try_pin_init!(Self {
             core: Shared::new(dev, features)?,
             optional <- new_mutex!(Some(Optional::new(core, features)?)),
+            hinting: Hinting::new(core, features)?,
             _: {
                 // The host may hold the device awake while the balloon moves (`power/wakeup`).
                 dev.set_wakeup_capable(true);
                 core.host().vqs.ready();
+                // The host may be migrating the guest already.
+                if let Some(hinting) = &hinting {
+                    hinting.changed(core);
+                }
             },
         }? Error)
     }
@@ -539,6 +804,7 @@ impl virtio::Driver for VirtioBalloonDriver {
         F_MUST_TELL_HOST,
         F_STATS_VQ,
         F_DEFLATE_ON_OOM,
+        F_FREE_PAGE_HINT,
         F_PAGE_POISON,
         F_REPORTING,
     ];
@@ -564,8 +830,11 @@ impl virtio::Driver for VirtioBalloonDriver {
         VirtioBalloon::new(dev)
     }
 
-    fn config_changed<'bound>(dev: &'bound virtio::Device<Bound>, _this: Pin<&Self::Data<'bound>>) {
+    fn config_changed<'bound>(dev: &'bound virtio::Device<Bound>, this: Pin<&Self::Data<'bound>>) {
         dev.schedule_work();
+        if let Some(hinting) = &this.hinting {
+            hinting.changed(&this.core);
+        }
     }
 
     fn work<'bound>(dev: &'bound virtio::Device<Bound>, this: Pin<&Self::Data<'bound>>) {
@@ -581,8 +850,12 @@ impl virtio::Driver for VirtioBalloonDriver {
     }
 
     fn unbind<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        if let Some(hinting) = &this.hinting {
+            hinting.work.disable();
+        }
         // Every page goes back, and the host hears of it, before the device is reset.
         this.core.deflate_all();
+        this.core.give_back_hints();
     }
 
     fn shutdown<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
@@ -590,6 +863,9 @@ impl virtio::Driver for VirtioBalloonDriver {
         // notifier or report may use the device once it is shut down.
         let optional = this.optional.lock().take();
         drop(optional);
+        if let Some(hinting) = &this.hinting {
+            hinting.work.disable();
+        }
     }
 
     fn freeze<'bound>(
@@ -599,6 +875,7 @@ impl virtio::Driver for VirtioBalloonDriver {
         // Pages left in the balloon would be lost to a guest that resumes on another host, or
         // after a hibernation image is restored: give them all back first, as the C driver.
         this.core.deflate_all();
+        this.core.give_back_hints();
         this.core.host().vqs.freeze(dev)
     }
 
@@ -611,8 +888,11 @@ impl virtio::Driver for VirtioBalloonDriver {
         this.core.prime_stats()?;
         vqs.ready();
         this.core.update_actual();
-        // Inflate to the target again once the system has thawed.
+        // Inflate to the target again once the system has thawed, and hint if asked to.
         dev.schedule_work();
+        if let Some(hinting) = &this.hinting {
+            hinting.changed(&this.core);
+        }
         Ok(())
     }
 }

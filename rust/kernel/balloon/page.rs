@@ -9,6 +9,10 @@
 
 use crate::{
     bindings,
+    mm::pages::{
+        lru,
+        page_of_lru, //
+    },
     page::{
         PAGE_SHIFT,
         PAGE_SIZE, //
@@ -150,42 +154,6 @@ impl Drop for BalloonPage {
 pub(crate) fn pfn_of(page: NonNull<bindings::page>) -> Pfn {
     // SAFETY: `page` points to a valid `struct page`; `page_to_pfn` only computes.
     Pfn(unsafe { bindings::page_to_pfn(page.as_ptr()) })
-}
-
-/// `&page->lru`: the list node a page is linked through while the balloon core or a
-/// [`PageList`] holds it.
-///
-/// # Safety
-///
-/// `page` must point to a valid `struct page`.
-pub(crate) unsafe fn lru(page: NonNull<bindings::page>) -> *mut bindings::list_head {
-    // SAFETY: `page` is valid, so is the address of its `lru` field.
-    unsafe {
-        &raw mut (*page.as_ptr())
-            .__bindgen_anon_1
-            .__bindgen_anon_1
-            .__bindgen_anon_1
-            .lru
-    }
-}
-
-/// The page whose `lru` field is `node`.
-///
-/// # Safety
-///
-/// `node` must be the `lru` field of a valid `struct page`.
-pub(crate) unsafe fn page_of_lru(node: *mut bindings::list_head) -> NonNull<bindings::page> {
-    // SAFETY: `node` is the `lru` field of a page, so stepping back to the start of the page
-    // stays inside it.
-    let page = unsafe {
-        crate::container_of!(
-            node,
-            bindings::page,
-            __bindgen_anon_1.__bindgen_anon_1.__bindgen_anon_1.lru
-        )
-    };
-    // SAFETY: The address of a field's container is not null.
-    unsafe { NonNull::new_unchecked(page) }
 }
 
 /// A list of [`BalloonPage`]s, linked through the pages themselves, so building one never

@@ -8,7 +8,6 @@ mod kunit {
         balloon::{
             page::{
                 frames_4k_with_shift,
-                lru,
                 pfn_of, //
             },
             Balloon,
@@ -23,6 +22,7 @@ mod kunit {
             Pfn, //
         },
         bindings,
+        mm::pages::lru,
         prelude::*,
         sync::atomic::{
             Atomic,

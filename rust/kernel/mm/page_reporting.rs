@@ -99,10 +99,11 @@ unsafe impl<R: Reporter + Send> Send for Registration<R> {}
 unsafe impl<R: Reporter> Sync for Registration<R> {}
 
 impl<R: Reporter> Registration<R> {
-    /// Registers `reporter` for batches of at most `capacity` pages (at most [`CAPACITY`]).
+    /// Registers `reporter` for batches of at most `capacity` pages (at most [`CAPACITY`]), of
+    /// free blocks of at least `order` (`None`: the core's choice, `pageblock_order`).
     ///
     /// Fails with `EBUSY` if another device reports already.
-    pub fn new(reporter: R, capacity: usize) -> impl PinInit<Self, Error> {
+    pub fn new(reporter: R, capacity: usize, order: Option<u32>) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
             reporter,
             info <- Opaque::try_ffi_init(move |info: *mut bindings::page_reporting_dev_info| {
@@ -110,7 +111,8 @@ impl<R: Reporter> Registration<R> {
                 unsafe {
                     info.write(core::mem::zeroed());
                     (*info).report = Some(Self::report_callback);
-                    (*info).order = bindings::PAGE_REPORTING_ORDER_UNSPECIFIED as c_uint;
+                    (*info).order =
+                        order.unwrap_or(bindings::PAGE_REPORTING_ORDER_UNSPECIFIED as c_uint);
                     (*info).capacity = capacity.min(CAPACITY) as c_uint;
                 }
                 // SAFETY: `info` is initialised and pinned in `self`, whose `reporter` is

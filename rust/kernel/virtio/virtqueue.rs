@@ -12,7 +12,8 @@
 //! maps an index to the token the driver added, refusing an index that is out of range or not in
 //! flight (which also catches duplicates) and marking the queue broken. So each token comes back
 //! at most once, and only one this queue was given. The used length the device reports is
-//! clamped to the buffer's size.
+//! clamped to the buffer's size. A queue may also carry free page hints
+//! ([`QueueGuard::add_hint`]), which own nothing and come back as nothing.
 //!
 //! # Context and locking
 //!
@@ -58,6 +59,7 @@ use core::{
 };
 
 pub use super::buffer::Buffer;
+use crate::mm::pages::Pages;
 
 /// The buffer type of a queue, kept so the buffers can be given back and dropped as what they
 /// are.
@@ -110,6 +112,13 @@ unsafe impl Lend for crate::mm::page_reporting::FreePages<'_> {
     }
 }
 
+/// The token of every free page hint: a hint owns nothing, and the ring gives it back once.
+static HINT: u8 = 0;
+
+fn hint_token() -> *mut c_void {
+    core::ptr::from_ref(&HINT).cast_mut().cast()
+}
+
 /// # Safety
 ///
 /// `token` comes from `B::into_raw` and is not used again.
@@ -125,6 +134,7 @@ pub struct QueueInfo {
     name: Option<&'static CStr>,
     callback: bool,
     buffer: Option<BufferType>,
+    hints: bool,
 }
 
 impl QueueInfo {
@@ -137,6 +147,7 @@ impl QueueInfo {
                 id: TypeId::of::<B>,
                 drop: drop_token::<B>,
             }),
+            hints: false,
         }
     }
 
@@ -150,6 +161,7 @@ impl QueueInfo {
                 id: TypeId::of::<Lending>,
                 drop: forget_token,
             }),
+            hints: false,
         }
     }
 
@@ -160,6 +172,7 @@ impl QueueInfo {
             name: None,
             callback: false,
             buffer: None,
+            hints: false,
         }
     }
 
@@ -167,6 +180,14 @@ impl QueueInfo {
     pub const fn without_callback(self) -> Self {
         Self {
             callback: false,
+            ..self
+        }
+    }
+
+    /// The same queue, which also carries free page hints ([`QueueGuard::add_hint`]).
+    pub const fn with_hints(self) -> Self {
+        Self {
+            hints: true,
             ..self
         }
     }
@@ -233,17 +254,20 @@ struct Queue {
 ///
 /// # Invariants
 ///
-/// - While `self` exists, `dev`'s `priv` points at `self`.
+/// - While `self` exists, `dev`'s `priv` points at `self`; it is cleared under the device's
+///   `vqs_list_lock` before `self` is freed.
 /// - `live` is whether the queues exist. While they do, `queues[i].vq` is queue `i` of `dev`, or
 ///   null if unused; while they do not, every `vq` is null. Every token in a queue comes from
 ///   `into_raw` of the type in `queues[i].info.buffer`.
 /// - `handler` and `slots` are initialised before the queues exist and outlive them.
+#[repr(C)]
 #[pin_data(PinnedDrop)]
 pub struct Virtqueues<'a, H: Handler> {
+    /// First, so that [`wake_all`] finds it through `priv` without knowing `H`.
+    slots: Pin<KBox<[Slot]>>,
     dev: &'a Device<device::Bound>,
     #[pin]
     handler: H,
-    slots: Pin<KBox<[Slot]>>,
     queues: KVec<Queue>,
     live: Atomic<bool>,
     // Interrupt handlers hold shared references into `self` while `drop` runs.
@@ -471,9 +495,9 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     /// Waiting is what lets a borrow be lent: `mem` is borrowed for exactly as long as the
     /// device may use it. Fails with `EINVAL` if the queue is not a [`QueueInfo::lending`] one
     /// with notifications, with `ENODEV` while the queues are frozen, and with `EIO` if the ring
-    /// is broken when the wait starts or wakes up. Breaking a ring on surprise removal wakes
-    /// nobody yet: the waiter sleeps on, as in C. Returning on a broken ring assumes, as all of
-    /// virtio does, that a broken ring's device no longer accesses guest memory through it.
+    /// is broken when the wait starts or wakes up (remove, shutdown and freeze wake waiters for
+    /// this). Returning on a broken ring assumes, as all of virtio does, that a broken ring's
+    /// device no longer accesses guest memory through it.
     pub fn lend_and_wait(&self, index: usize, mem: &impl Lend, flags: Flags) -> Result {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
         let info = queue.info;
@@ -530,6 +554,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             _ring: ring,
             vq,
             slot,
+            hints: queue.info.hints,
             _buffer: PhantomData,
         })
     }
@@ -556,8 +581,63 @@ impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
             // `del_vqs` frees their interrupts, so no callback runs after it.
             unsafe { bindings::virtio_del_vqs(vdev) };
         }
-        // SAFETY: `vdev` is valid, and `priv` points at `self` (type invariant).
-        unsafe { (*vdev).priv_ = null_mut() };
+        // SAFETY: `vdev` is valid, and `priv` points at `self` (type invariant). `wake_all`
+        // reads it under the same lock.
+        unsafe {
+            let lock = &raw mut (*vdev).vqs_list_lock;
+            bindings::spin_lock(lock);
+            (*vdev).priv_ = null_mut();
+            bindings::spin_unlock(lock);
+        }
+    }
+}
+
+/// Wakes every waiter of `dev`'s queues, if it has any: those whose ring is broken return `EIO`.
+///
+/// The transport breaks the rings of a device removed by surprise before `remove()`, and
+/// `virtio_device_shutdown()` breaks them too, but breaking a ring wakes nobody.
+pub(super) fn wake_all(dev: &Device<device::CoreInternal<'_>>) {
+    let vdev = dev.as_raw();
+    // SAFETY: `vdev` is a valid device. A non-null `priv` points at a live `Virtqueues`, which is
+    // `repr(C)` with `slots` first, and which clears `priv` under `vqs_list_lock` before it is
+    // freed: it stays alive while we hold the lock.
+    unsafe {
+        let lock = &raw mut (*vdev).vqs_list_lock;
+        bindings::spin_lock(lock);
+        let slots = (*vdev).priv_.cast_const().cast::<Pin<KBox<[Slot]>>>();
+        if !slots.is_null() {
+            for slot in (*slots).iter() {
+                slot.wake();
+            }
+        }
+        bindings::spin_unlock(lock);
+    }
+}
+
+/// Deletes queues the driver leaked, once its data is gone (in `remove()`, or after a failed
+/// probe).
+///
+/// [`Virtqueues`] deletes its queues when dropped. A driver that leaks it instead
+/// (`mem::forget`, a reference cycle) leaks its memory too, so a callback could still use it; but
+/// the device would keep its queues and interrupts after the driver let go. Deleting them here
+/// makes the device quiet again.
+pub(super) fn delete_leaked(dev: &Device<device::CoreInternal<'_>>) {
+    let vdev = dev.as_raw();
+    // SAFETY: `vdev` is a valid device and we are in a bus callback, with the device lock held,
+    // which `find_vqs` and `del_vqs` also run under. A non-null `priv` after the driver data is
+    // gone belongs to a leaked `Virtqueues`, whose memory stays valid forever.
+    unsafe {
+        if (*vdev).priv_.is_null() {
+            return;
+        }
+        dev_warn!(dev.as_ref(), "the driver leaked its virtqueues\n");
+        let head = &raw mut (*vdev).vqs;
+        // Frozen queues are deleted already.
+        if (*head).next != head {
+            bindings::virtio_reset_device(vdev);
+            bindings::virtio_del_vqs(vdev);
+        }
+        (*vdev).priv_ = null_mut();
     }
 }
 
@@ -578,6 +658,9 @@ unsafe fn reclaim(queue: &Queue, vq: *mut bindings::virtqueue) {
         let token = unsafe { bindings::virtqueue_detach_unused_buf(vq) };
         if token.is_null() {
             break;
+        }
+        if token == hint_token() {
+            continue;
         }
         // SAFETY: By the type invariants, `token` comes from `into_raw` of the queue's
         // buffer type, and the ring hands it out once.
@@ -603,6 +686,7 @@ pub struct QueueGuard<'a, B: Buffer> {
     _ring: MutexGuard<'a, ()>,
     vq: *mut bindings::virtqueue,
     slot: &'a Slot,
+    hints: bool,
     _buffer: PhantomData<B>,
 }
 
@@ -650,6 +734,34 @@ impl<B: Buffer> QueueGuard<'_, B> {
         self.add(buf, len, false, flags)
     }
 
+    /// Hints to the device that the memory of `block` is free, in an in-buffer over the block.
+    ///
+    /// The block stays the caller's: a hint owns nothing, and the block may be freed while the
+    /// hint is still in the ring. That is the protocol of free page hinting (virtio 1.2,
+    /// 5.5.6.6): the device only uses a hint to skip the pages while they are not written, and
+    /// never writes them itself; this driver cannot keep a device that breaks the protocol out
+    /// of guest memory in any case, since it does not negotiate `ACCESS_PLATFORM`. Fails with
+    /// `EINVAL` on a queue not made [`QueueInfo::with_hints`], and as
+    /// [`QueueGuard::add_outbuf`] otherwise.
+    pub fn add_hint(&mut self, block: &Pages, flags: Flags) -> Result {
+        if !self.hints {
+            return Err(EINVAL);
+        }
+        let len = u32::try_from(block.len())?;
+        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
+        // SAFETY: `sg` is valid for writes; one entry over the block's pages, which `block`
+        // keeps allocated for this call, is a valid scatterlist.
+        unsafe {
+            bindings::sg_init_table(sg.as_mut_ptr(), 1);
+            bindings::sg_set_page(sg.as_mut_ptr(), block.as_raw(), len, 0);
+        }
+        // SAFETY: `self.vq` is live and we hold its ring mutex (type invariant); the ring maps
+        // `sg` before returning; the token is the hint sentinel, which owns nothing.
+        to_result(unsafe {
+            bindings::virtqueue_add_inbuf(self.vq, sg.as_mut_ptr(), 1, hint_token(), flags.as_raw())
+        })
+    }
+
     /// Notifies the device of added buffers; returns `false` if the notification failed and the
     /// queue is broken.
     pub fn kick(&mut self) -> bool {
@@ -660,8 +772,14 @@ impl<B: Buffer> QueueGuard<'_, B> {
     /// Takes back a buffer the device has used, if any.
     pub fn get_buf(&mut self) -> Option<Used<B>> {
         let mut len = 0u32;
-        // SAFETY: `self.vq` is live and exclusively ours (type invariant).
-        let token = unsafe { bindings::virtqueue_get_buf(self.vq, &mut len) };
+        let token = loop {
+            // SAFETY: `self.vq` is live and exclusively ours (type invariant).
+            let token = unsafe { bindings::virtqueue_get_buf(self.vq, &mut len) };
+            // A used hint needs nothing done.
+            if token != hint_token() {
+                break token;
+            }
+        };
         if token.is_null() {
             return None;
         }

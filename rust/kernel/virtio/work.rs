@@ -45,6 +45,7 @@ use crate::{
     sync::atomic::{
         Acquire,
         Atomic,
+        Relaxed,
         Release, //
     },
     types::{
@@ -115,6 +116,27 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
         // readers that may race with this store.
         let slot = unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) };
         slot.store(ptr.cast(), Release);
+    }
+
+    /// Takes the driver data back from `dev`: the reverse of [`Private::publish`].
+    ///
+    /// The pointer is cleared atomically, as [`Device::schedule_work`] may still read it from a
+    /// queue callback until the driver's queues are deleted; from then on it queues nothing.
+    ///
+    /// # Safety
+    ///
+    /// `dev`'s driver data was stored by [`Private::publish`] for this `T`, and no reference
+    /// obtained through it is used after this.
+    pub(super) unsafe fn unpublish(
+        dev: &device::Device<device::CoreInternal<'_>>,
+    ) -> Pin<KBox<Self>> {
+        // SAFETY: `dev` is a valid device, and its `driver_data` is only accessed atomically by
+        // readers that may race with this store.
+        let slot = unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) };
+        let ptr = slot.xchg(core::ptr::null_mut(), Relaxed);
+        // SAFETY: By the safety requirements, `ptr` comes from `into_foreign()` in `publish`, and
+        // is given back once: the pointer is null now.
+        unsafe { Pin::<KBox<Self>>::from_foreign(ptr.cast()) }
     }
 
     /// The driver's data.

@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Shrinkers: memory that a subsystem holds but gives back when the system needs it.
+//!
+//! C header: [`include/linux/shrinker.h`](srctree/include/linux/shrinker.h)
+//!
+//! Memory reclaim asks every registered shrinker how many objects it could free
+//! ([`Shrinker::count`]), then asks it to free some ([`Shrinker::scan`]). Both run in reclaim
+//! context, on whatever task is reclaiming: they must not allocate memory that could recurse into
+//! reclaim, nor wait for anything that may be waiting for memory. The units are the shrinker's
+//! own (pages, for a driver holding pages), and a shrinker may free more than it was asked.
+
+use crate::{
+    bindings,
+    prelude::*,
+    str::CStr,
+    sync::Arc, //
+};
+use core::{
+    marker::PhantomPinned,
+    ptr::NonNull, //
+};
+
+/// What a shrinker frees.
+pub trait Shrinker: Sync {
+    /// How many objects could be freed now.
+    fn count(&self) -> usize;
+
+    /// Frees about `nr_to_scan` objects; returns how many were freed, or `None` if nothing can be
+    /// freed in this context and reclaim should stop asking (`SHRINK_STOP`).
+    fn scan(&self, nr_to_scan: usize) -> Option<usize>;
+}
+
+impl<T: Shrinker + Send + ?Sized> Shrinker for Arc<T> {
+    fn count(&self) -> usize {
+        T::count(self)
+    }
+
+    fn scan(&self, nr_to_scan: usize) -> Option<usize> {
+        T::scan(self, nr_to_scan)
+    }
+}
+
+/// A registered shrinker; dropping it unregisters it, waiting for running callbacks.
+///
+/// Its name shows in `/sys/kernel/debug/shrinker/<name>-<id>/` with `CONFIG_SHRINKER_DEBUG`.
+///
+/// # Invariants
+///
+/// `shrinker` is registered, with the callbacks of `Self` and a `private_data` pointing at
+/// `self`, from the end of initialisation until `drop` frees it.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::mm::shrinker::{Registration, Shrinker};
+/// use kernel::sync::atomic::{Atomic, Relaxed};
+///
+/// /// Objects that cost nothing to free.
+/// struct Cache(Atomic<usize>);
+///
+/// impl Shrinker for Cache {
+///     fn count(&self) -> usize {
+///         self.0.load(Relaxed)
+///     }
+///     fn scan(&self, nr_to_scan: usize) -> Option<usize> {
+///         let held = self.0.load(Relaxed);
+///         let freed = held.min(nr_to_scan);
+///         self.0.store(held - freed, Relaxed);
+///         Some(freed)
+///     }
+/// }
+///
+/// let reg = KBox::pin_init(
+///     Registration::new(c"rust-doctest", Cache(Atomic::new(100))),
+///     GFP_KERNEL,
+/// )?;
+/// assert_eq!(reg.shrinker().count(), 100);
+/// # Ok::<(), Error>(())
+/// ```
+#[pin_data(PinnedDrop)]
+pub struct Registration<S: Shrinker> {
+    inner: S,
+    shrinker: NonNull<bindings::shrinker>,
+    // The shrinker's `private_data` points at `self`.
+    #[pin]
+    _pin: PhantomPinned,
+}
+
+// SAFETY: The registration only hands out `&S`, and `S: Sync`; the shrinker may be freed from
+// any thread.
+unsafe impl<S: Shrinker + Send> Send for Registration<S> {}
+
+// SAFETY: As for `Send`; the `struct shrinker` is only used by the shrinker core.
+unsafe impl<S: Shrinker> Sync for Registration<S> {}
+
+impl<S: Shrinker> Registration<S> {
+    /// Registers `inner` as a shrinker named `name`.
+    pub fn new(name: &'static CStr, inner: S) -> impl PinInit<Self, Error> {
+        try_pin_init!(&this in Self {
+            inner,
+            // `inner` is initialised: the callbacks may run as soon as this registers.
+            shrinker: Self::register(name, this.as_ptr().cast())?,
+            _pin: PhantomPinned,
+        }? Error)
+    }
+
+    fn register(name: &'static CStr, this: *mut c_void) -> Result<NonNull<bindings::shrinker>> {
+        // SAFETY: `"%s"` with one string argument is a valid format for `name`, which lives
+        // forever.
+        let shrinker = unsafe {
+            bindings::shrinker_alloc(0, crate::c_str!("%s").as_char_ptr(), name.as_char_ptr())
+        };
+        let shrinker = NonNull::new(shrinker).ok_or(ENOMEM)?;
+        // SAFETY: `shrinker` is freshly allocated and not registered yet; `this` is the pinned
+        // `Registration` being initialised, whose `inner` is initialised and which frees the
+        // shrinker before `inner` is dropped.
+        unsafe {
+            let s = shrinker.as_ptr();
+            (*s).count_objects = Some(Self::count_callback);
+            (*s).scan_objects = Some(Self::scan_callback);
+            (*s).private_data = this;
+            bindings::shrinker_register(s);
+        }
+        Ok(shrinker)
+    }
+
+    /// The shrinker's own object.
+    pub fn shrinker(&self) -> &S {
+        &self.inner
+    }
+
+    /// # Safety
+    ///
+    /// `shrinker` is one that [`Registration::register`] registered for a live `Self`.
+    unsafe fn inner<'a>(shrinker: *mut bindings::shrinker) -> &'a S {
+        // SAFETY: By the safety requirements `private_data` points at a live `Self`, which stays
+        // alive while a callback runs: dropping it waits for them.
+        unsafe { &(*(*shrinker).private_data.cast::<Self>()).inner }
+    }
+
+    extern "C" fn count_callback(
+        shrinker: *mut bindings::shrinker,
+        _sc: *mut bindings::shrink_control,
+    ) -> c_ulong {
+        // SAFETY: The shrinker core only calls this for the shrinker `register` set it on.
+        let inner = unsafe { Self::inner(shrinker) };
+        inner.count()
+    }
+
+    extern "C" fn scan_callback(
+        shrinker: *mut bindings::shrinker,
+        sc: *mut bindings::shrink_control,
+    ) -> c_ulong {
+        // SAFETY: The shrinker core only calls this for the shrinker `register` set it on.
+        let inner = unsafe { Self::inner(shrinker) };
+        // SAFETY: The core passes a valid `shrink_control` for the duration of the call.
+        let nr_to_scan = unsafe { (*sc).nr_to_scan };
+        // `None` is `SHRINK_STOP`, which bindgen cannot type.
+        inner.scan(nr_to_scan).unwrap_or(!0)
+    }
+}
+
+#[pinned_drop]
+impl<S: Shrinker> PinnedDrop for Registration<S> {
+    fn drop(self: Pin<&mut Self>) {
+        // SAFETY: `shrinker` is registered (type invariant). Freeing it unregisters it and waits
+        // for running callbacks, so none uses `inner` afterwards.
+        unsafe { bindings::shrinker_free(self.shrinker.as_ptr()) };
+    }
+}

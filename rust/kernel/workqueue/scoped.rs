@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Work items that borrow, and workqueues their owner allocates.
+//!
+//! C header: [`include/linux/workqueue.h`](srctree/include/linux/workqueue.h)
+//!
+//! [`Work`](super::Work) items are `'static`: the queue may run them at any time. A driver's work
+//! often borrows its device instead, and C drivers cancel such work before the data it uses goes
+//! away. A [`ScopedWork`] does the same in its drop: it disables the work item and waits for a
+//! running instance, so its handler may borrow anything that outlives it. An [`OwnedQueue`] is a
+//! workqueue of the driver's own (`alloc_workqueue()`), destroyed when dropped.
+
+use super::Queue;
+use crate::{
+    bindings,
+    prelude::*,
+    str::CStr,
+    sync::{
+        Arc,
+        LockClassKey, //
+    },
+    types::Opaque, //
+};
+use core::ptr::NonNull;
+
+/// What a [`ScopedWork`] does when it runs, in process context.
+pub trait ScopedHandler: Sync {
+    /// Runs the work; never concurrently with itself.
+    fn run(&self);
+}
+
+impl<T: ScopedHandler + Send + ?Sized> ScopedHandler for Arc<T> {
+    fn run(&self) {
+        T::run(self)
+    }
+}
+
+/// A work item that may borrow: dropping it disables it and waits for it to finish.
+///
+/// # Invariants
+///
+/// `work` is initialised with [`ScopedWork::run_callback`] as its function, and is disabled
+/// before `handler` is dropped.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::sync::atomic::{Atomic, Relaxed};
+/// use kernel::workqueue::{self, new_scoped_work, ScopedHandler, ScopedWork};
+///
+/// struct Count<'a>(&'a Atomic<u32>);
+///
+/// impl ScopedHandler for Count<'_> {
+///     fn run(&self) {
+///         self.0.add(1, Relaxed);
+///     }
+/// }
+///
+/// let runs = Atomic::new(0u32);
+/// {
+///     let work = KBox::pin_init(new_scoped_work!(Count(&runs), "doctest"), GFP_KERNEL)?;
+///     work.queue(workqueue::system());
+///     work.disable();
+///     // Disabled: queueing does nothing.
+///     assert!(!work.queue(workqueue::system()));
+/// }
+/// assert!(runs.load(Relaxed) <= 1);
+/// # Ok::<(), Error>(())
+/// ```
+#[pin_data(PinnedDrop)]
+pub struct ScopedWork<H: ScopedHandler> {
+    #[pin]
+    work: Opaque<bindings::work_struct>,
+    handler: H,
+}
+
+// SAFETY: The work item may be queued and disabled from any thread; `H` is `Sync`, and `Send` for
+// the handler to be dropped elsewhere.
+unsafe impl<H: ScopedHandler + Send> Send for ScopedWork<H> {}
+
+// SAFETY: Shared access only queues or disables the work item, which the workqueue core
+// synchronises, or reaches `&H`, which is `Sync`.
+unsafe impl<H: ScopedHandler> Sync for ScopedWork<H> {}
+
+/// Creates a [`ScopedWork`] initialiser with the given handler, name and a new lock class.
+#[macro_export]
+macro_rules! new_scoped_work {
+    ($handler:expr $(, $name:literal)?) => {
+        $crate::workqueue::ScopedWork::new(
+            $handler,
+            $crate::optional_name!($($name)?),
+            $crate::static_lock_class!(),
+        )
+    };
+}
+pub use new_scoped_work;
+
+impl<H: ScopedHandler> ScopedWork<H> {
+    /// A work item that runs `handler`; use [`new_scoped_work!`].
+    pub fn new(
+        handler: H,
+        name: &'static CStr,
+        key: Pin<&'static LockClassKey>,
+    ) -> impl PinInit<Self> {
+        pin_init!(Self {
+            handler,
+            // SAFETY: `init_work_with_key` initialises the work item in place; `run_callback`
+            // expects it inside a `ScopedWork<H>`, which it is.
+            work <- Opaque::ffi_init(|slot| unsafe {
+                bindings::init_work_with_key(
+                    slot,
+                    Some(Self::run_callback),
+                    false,
+                    name.as_char_ptr(),
+                    key.as_ptr(),
+                )
+            }),
+        })
+    }
+
+    /// Queues the work on `queue`; returns `false` if it was pending already, or is disabled.
+    pub fn queue(&self, queue: &Queue) -> bool {
+        // SAFETY: `work` is initialised (type invariant) and pinned in `self`, which disables it
+        // before it is dropped; `queue` is a valid workqueue, which the caller keeps alive while
+        // work may be queued on it.
+        unsafe {
+            bindings::queue_work_on(
+                bindings::wq_misc_consts_WORK_CPU_UNBOUND as c_int,
+                queue.0.get(),
+                self.work.get(),
+            )
+        }
+    }
+
+    /// Disables the work and waits for a running instance: it does not run again.
+    pub fn disable(&self) {
+        // SAFETY: `work` is initialised (type invariant).
+        unsafe { bindings::disable_work_sync(self.work.get()) };
+    }
+
+    extern "C" fn run_callback(work: *mut bindings::work_struct) {
+        // SAFETY: By the type invariant only a `ScopedWork<H>` installs this function for its
+        // `work`, which it disables before dropping `handler`.
+        let this = unsafe { &*crate::container_of!(Opaque::cast_from(work), Self, work) };
+        this.handler.run();
+    }
+}
+
+#[pinned_drop]
+impl<H: ScopedHandler> PinnedDrop for ScopedWork<H> {
+    fn drop(self: Pin<&mut Self>) {
+        self.disable();
+    }
+}
+
+/// A workqueue its owner allocated; dropping it destroys it, waiting for the work on it.
+///
+/// # Invariants
+///
+/// `0` is a workqueue from `alloc_workqueue()`, owned by `self`.
+pub struct OwnedQueue(NonNull<bindings::workqueue_struct>);
+
+// SAFETY: A workqueue may be used and destroyed from any thread.
+unsafe impl Send for OwnedQueue {}
+
+// SAFETY: Queueing work is thread-safe.
+unsafe impl Sync for OwnedQueue {}
+
+/// Flags of an [`OwnedQueue`] (`WQ_*`).
+#[derive(Clone, Copy)]
+pub struct QueueFlags(u32);
+
+impl QueueFlags {
+    /// Work runs on the CPU it was queued on (`WQ_PERCPU`); 7.3 wants either this or
+    /// [`QueueFlags::UNBOUND`].
+    pub const PERCPU: Self = Self(bindings::wq_flags_WQ_PERCPU);
+    /// Work runs on any CPU (`WQ_UNBOUND`).
+    pub const UNBOUND: Self = Self(bindings::wq_flags_WQ_UNBOUND);
+    /// Work does not run while the system is frozen for sleep (`WQ_FREEZABLE`).
+    pub const FREEZABLE: Self = Self(bindings::wq_flags_WQ_FREEZABLE);
+    /// Work may hog the CPU; it does not count against concurrency (`WQ_CPU_INTENSIVE`).
+    pub const CPU_INTENSIVE: Self = Self(bindings::wq_flags_WQ_CPU_INTENSIVE);
+}
+
+impl core::ops::BitOr for QueueFlags {
+    type Output = Self;
+
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+impl OwnedQueue {
+    /// Allocates a workqueue named `name` (`max_active` 0: the default).
+    pub fn new(name: &'static CStr, flags: QueueFlags, max_active: i32) -> Result<Self> {
+        // SAFETY: `"%s"` with one string argument is a valid format for `name`, which lives
+        // forever.
+        let wq = unsafe {
+            bindings::alloc_workqueue_noprof(
+                crate::c_str!("%s").as_char_ptr(),
+                flags.0,
+                max_active,
+                name.as_char_ptr(),
+            )
+        };
+        // INVARIANT: A non-null result is a workqueue that is ours.
+        Ok(Self(NonNull::new(wq).ok_or(ENOMEM)?))
+    }
+}
+
+impl core::ops::Deref for OwnedQueue {
+    type Target = Queue;
+
+    fn deref(&self) -> &Queue {
+        // SAFETY: `self.0` is a valid workqueue until `self` is dropped (type invariant).
+        unsafe { Queue::from_raw(self.0.as_ptr()) }
+    }
+}
+
+impl Drop for OwnedQueue {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is a workqueue we allocated (type invariant); destroying it drains it.
+        unsafe { bindings::destroy_workqueue(self.0.as_ptr()) };
+    }
+}
