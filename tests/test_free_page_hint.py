@@ -138,3 +138,20 @@ def test_hinted_pages_are_not_migrated(baseline, driver, guest):
     assert n >= (1024 * MiB // 4096) // 2, n
     assert ram["normal"] <= baseline - (1024 * MiB // 4096) // 2, (baseline, ram)
     wait_none_held(guest)
+
+
+def test_unload_while_hinting_gives_the_blocks_back(driver, guest):
+    free0 = guest.meminfo()["MemFree"]
+    migrate(guest, 1 * MiB)
+    try:
+        assert wait_held(guest) > 0
+        driver.unload()
+        # The shrinker is gone with the driver; the blocks are free memory again.
+        assert guest.sh(f"ls -d {SHRINKER} 2>/dev/null || true").strip() == ""
+        assert guest.meminfo()["MemFree"] >= free0 - 64 * MiB // 1024
+    finally:
+        guest.qmp("migrate_cancel")
+        wait_status(guest, ("cancelled",))
+    driver.load()
+    assert held(guest) == 0
+    assert "Failed to send" not in guest.log()
