@@ -20,13 +20,17 @@ OUT = TOP / "build" / "bench"
 MODULES = {"c": "virtio_balloon", "rust": "rust_virtio_balloon"}
 STEP = 64 * MiB
 
-# Row key -> (label, unit, True if more is better).
+# Row key -> (label, unit, True if more is better, None for what explains
+# other rows).
 ROWS = {
     "inflate": ("inflate", "MiB/s", True),
     "deflate": ("deflate", "MiB/s", True),
     "step": (f"QMP balloon -> actual, {STEP // MiB} MiB step", "s", False),
     "migrated": ("balloon pages migrated per compaction", "pages", True),
     "migrate_rate": ("balloon pages migrated per second", "pages/s", True),
+    "ballooned": ("balloon pages when compaction starts", "pages", None),
+    "compact_secs": ("compaction run", "s", None),
+    "failed": ("page migrations that failed (pgmigrate_fail)", "pages", None),
     "coresize": ("module size in memory (/sys/module/*/coresize)", "bytes", False),
     "ko": ("module file size (.ko)", "bytes", False),
 }
@@ -49,8 +53,9 @@ def move(g, target, trace, t_base, timeout=300):
 
 
 def compaction(g, ram):
-    """The fragmentation recipe of tests/test_balloon.py; returns (balloon
-    pages migrated, seconds compaction took)."""
+    """The fragmentation recipe of tests/test_balloon.py; returns the balloon
+    pages migrated, the seconds compaction took, the balloon's size in pages,
+    and how many page migrations failed."""
     avail = g.meminfo()["MemAvailable"] * 1024
     g.sh(f"fragment {avail * 6 // 10 // MiB} >/tmp/frag.out 2>&1 & "
          "echo $! >/tmp/frag.pid; while ! grep -q ready /tmp/frag.out; do sleep 0.1; done",
@@ -60,14 +65,15 @@ def compaction(g, ram):
     g.wait_actual(ram - size, timeout=300)
     g.sh("kill $(cat /tmp/frag.pid); "
          "while kill -0 $(cat /tmp/frag.pid) 2>/dev/null; do sleep 0.1; done")
-    before = g.vmstat()["balloon_migrate"]
+    before = g.vmstat()
     t0 = time.monotonic()
     g.sh("echo 1 > /proc/sys/vm/compact_memory", timeout=600)
     secs = time.monotonic() - t0
-    migrated = g.vmstat()["balloon_migrate"] - before
+    after = g.vmstat()
     g.balloon(ram)
     g.wait_actual(ram, timeout=300)
-    return migrated, secs
+    return (after["balloon_migrate"] - before["balloon_migrate"], secs,
+            before["nr_balloon_pages"], after["pgmigrate_fail"] - before["pgmigrate_fail"])
 
 
 def run_driver(g, drv, size, ram, results, traces, t_base):
@@ -83,9 +89,12 @@ def run_driver(g, drv, size, ram, results, traces, t_base):
     secs = move(g, ram, trace, t_base)
     r["deflate"].append((size + STEP) / MiB / secs)
     traces[drv].append(trace)
-    migrated, secs = compaction(g, ram)
+    migrated, secs, ballooned, failed = compaction(g, ram)
     r["migrated"].append(migrated)
     r["migrate_rate"].append(migrated / secs)
+    r["ballooned"].append(ballooned)
+    r["compact_secs"].append(secs)
+    r["failed"].append(failed)
     g.sh(f"rmmod {module}")
     assert g.vmstat()["nr_balloon_pages"] == 0, "pages left after rmmod"
 
@@ -96,7 +105,10 @@ def summarise(results):
         med = {d: statistics.median(results[d][key]) for d in MODULES}
         spread = {d: (min(results[d][key]), max(results[d][key])) for d in MODULES}
         ratio = med["rust"] / med["c"] if med["c"] else float("nan")
-        worse = ratio < 0.95 if more_is_better else ratio > 1.05
+        if more_is_better is None:
+            worse = False
+        else:
+            worse = ratio < 0.95 if more_is_better else ratio > 1.05
         rows.append({"row": key, "label": label, "unit": unit,
                      "more_is_better": more_is_better, "median": med,
                      "spread": spread, "ratio_rust_c": ratio,

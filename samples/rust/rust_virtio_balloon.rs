@@ -189,6 +189,14 @@ const REPORTING_ORDER: Option<u32> = if cfg!(all(CONFIG_ARM64, CONFIG_ARM64_64K_
     None
 };
 
+/// What the balloon leaves the guest however much the host asks: 1/128 of its memory, at least
+/// 32 MiB. Enough for the guest to stay alive and reclaim to make progress; the C driver has
+/// no such floor (known weakness R7).
+fn reserve_pages() -> usize {
+    let total = MemInfo::now().total as usize;
+    (total / 128).max((32 << 20) / PAGE_SIZE)
+}
+
 /// Pages the OOM notifier gives back per call, as the C driver.
 const OOM_PAGES: usize = 256 / FRAMES_4K_PER_PAGE;
 
@@ -277,6 +285,10 @@ impl MigrationHandler for Host<'_> {
 #[pin_data]
 struct Shared<'a> {
     dev: &'a virtio::Device<Bound>,
+    /// Pages of `MemAvailable` the balloon never takes.
+    reserve: usize,
+    /// Whether the reserve held inflation back since the target was last reached.
+    held_back: Atomic<bool>,
     hints: Option<Pin<KBox<Hints>>>,
     #[pin]
     balloon: Balloon<Host<'a>>,
@@ -336,18 +348,35 @@ impl Shared<'_> {
     fn step(&self) -> bool {
         let (target, size) = (self.target(), self.balloon.pages());
         if target > size {
-            let want = (target - size).min(PAGES_PER_REQUEST);
-            let got = self.fill(want).unwrap_or(0);
-            if got < want {
-                dev_info!(self.dev, "Out of puff! Can't get {} pages\n", want - got);
-                // Let reclaim make progress before trying again, as the C driver does.
+            // The guest keeps its reserve whatever the host asks: the C driver takes every page
+            // that frees up until the OOM killer has nothing left to kill.
+            let room = (MemInfo::now().available as usize).saturating_sub(self.reserve);
+            let want = (target - size).min(PAGES_PER_REQUEST).min(room);
+            if want == 0 {
+                if !self.held_back.xchg(true, Relaxed) {
+                    dev_info!(
+                        self.dev,
+                        "Keeping {} MiB available to the guest: the target is out of reach\n",
+                        (self.reserve * PAGE_SIZE) >> 20
+                    );
+                }
                 fsleep(Delta::from_millis(200));
+            } else {
+                let got = self.fill(want).unwrap_or(0);
+                if got < want {
+                    dev_info!(self.dev, "Out of puff! Can't get {} pages\n", want - got);
+                    // Let reclaim make progress before trying again, as the C driver does.
+                    fsleep(Delta::from_millis(200));
+                }
             }
         } else if target < size && self.leak((size - target).min(PAGES_PER_REQUEST)) == 0 {
             // Every page left is isolated for migration; they come back shortly.
             fsleep(Delta::from_millis(1));
         }
         self.update_actual();
+        if target <= self.balloon.pages() {
+            self.held_back.store(false, Relaxed);
+        }
         // A target changed meanwhile schedules the work anyway: no need to read it again.
         target != self.balloon.pages()
     }
@@ -614,6 +643,8 @@ impl<'a> Shared<'a> {
         let this = Arc::pin_init(
             try_pin_init!(Shared {
                 dev: bound,
+                reserve: reserve_pages(),
+                held_back: Atomic::new(false),
                 hints,
                 balloon <- Balloon::new(
                     managed,
