@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0
-"""A 1 MiB target: the host asks for nearly all of the guest's memory.
+"""A 1 MiB target: the host asks for nearly all of the guest's memory; and a
+memory hog that needs more than the guest has free while the balloon is big.
 
 With deflate-on-oom the driver gives pages back through the OOM notifier
 whenever the guest runs out, so the guest lives on with no OOM kill. Without
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-from guest import MiB, GuestError
+from guest import MiB, PAGE, GuestError
 
 BALLOON_OPTS = "deflate-on-oom=on"
 
@@ -38,6 +39,26 @@ def test_1mib_target_with_deflate_on_oom(driver, guest):
     guest.balloon(ram)
     guest.wait_actual(ram, timeout=300)
     assert guest.vmstat()["nr_balloon_pages"] == 0
+
+
+def test_memory_hog_gets_the_balloon_back(driver, guest):
+    """Deflate-on-OOM under a memory hog: the hog needs more than the guest
+    has free, and completes; the balloon shrinks instead of a process being
+    killed, and QMP `actual` follows."""
+    ram = guest.ram_bytes()
+    size = (guest.meminfo()["MemAvailable"] * 1024 - 256 * MiB) // MiB * MiB
+    guest.balloon(ram - size)
+    guest.wait_actual(ram - size, timeout=300)
+    v0 = guest.vmstat()
+    hog = 512 * MiB
+    r = guest.run(f"dirty {hog // MiB}", timeout=900, check=False)
+    assert r.rc == 0, f"the hog failed ({r.rc}): {r.out}"
+    v = guest.vmstat()
+    assert v["oom_kill"] == v0["oom_kill"]
+    shrunk = (v0["nr_balloon_pages"] - v["nr_balloon_pages"]) * PAGE
+    print(f"the balloon gave {shrunk // MiB} MiB back to a {hog // MiB} MiB hog")
+    assert shrunk >= 64 * MiB, shrunk
+    assert guest.actual() == ram - v["nr_balloon_pages"] * PAGE
 
 
 @pytest.mark.checks_splats
