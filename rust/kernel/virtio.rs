@@ -199,6 +199,9 @@ impl<T: Driver + 'static> Adapter<T> {
         // `virtio_dev_remove()` checks that the device is reset as soon as we return.
         dev.reset();
         virtqueue::delete_leaked(dev);
+        // A `schedule_work()` that raced `disable_work()` may have taken the wakeup source after
+        // it was let go; nothing can schedule work any more.
+        dev.relax();
     }
 
     extern "C" fn config_changed_callback(vdev: *mut bindings::virtio_device) {

@@ -115,7 +115,8 @@ use kernel::{
         OwnedQueue,
         QueueFlags,
         ScopedHandler,
-        ScopedWork, //
+        ScopedWork,
+        WorkQueue, //
     },
 };
 
@@ -759,36 +760,29 @@ impl<'a> Optional<'a> {
 
 /// Free page hinting's work, on a queue of its own as in C, so that a round does not hold up
 /// resizing.
-#[pin_data]
-struct Hinting<'a> {
-    /// Declared first to be dropped first: waits for a round in progress.
-    #[pin]
-    work: ScopedWork<Arc<Shared<'a>>>,
-    wq: OwnedQueue,
+type Hinting<'a> = ScopedWork<Arc<Shared<'a>>>;
+
+fn new_hinting<'a>(
+    core: &Arc<Shared<'a>>,
+    features: Negotiated,
+) -> Result<Option<Pin<KBox<Hinting<'a>>>>> {
+    if !features.hint {
+        return Ok(None);
+    }
+    let flags = QueueFlags::PERCPU | QueueFlags::FREEZABLE | QueueFlags::CPU_INTENSIVE;
+    let wq = WorkQueue::Owned(OwnedQueue::new(c"balloon-wq", flags, 0)?);
+    Ok(Some(KBox::pin_init(
+        new_scoped_work!(core.clone(), wq, "virtio_balloon_hint"),
+        GFP_KERNEL,
+    )?))
 }
 
-impl<'a> Hinting<'a> {
-    fn new(core: &Arc<Shared<'a>>, features: Negotiated) -> Result<Option<Pin<KBox<Self>>>> {
-        if !features.hint {
-            return Ok(None);
-        }
-        let flags = QueueFlags::PERCPU | QueueFlags::FREEZABLE | QueueFlags::CPU_INTENSIVE;
-        let core = core.clone();
-        Ok(Some(KBox::pin_init(
-            try_pin_init!(Self {
-                wq: OwnedQueue::new(c"balloon-wq", flags, 0)?,
-                work <- new_scoped_work!(core, "virtio_balloon_hint"),
-            }? Error),
-            GFP_KERNEL,
-        )?))
-    }
-
-    /// The configuration changed: the command id may have; runs in atomic context.
-    fn changed(&self, core: &Shared<'_>) {
-        if let Some(hints) = &core.hints {
-            if !hints.read_cmd_id.xchg(true, Full) {
-                self.work.queue(&self.wq);
-            }
+/// The configuration changed, so may have the command id: run the hinting work, unless it is
+/// about to read the id anyway. Runs in atomic context.
+fn hint_changed(hinting: &Hinting<'_>, core: &Shared<'_>) {
+    if let Some(hints) = &core.hints {
+        if !hints.read_cmd_id.xchg(true, Full) {
+            hinting.queue();
         }
     }
 }
@@ -810,14 +804,14 @@ impl<'a> VirtioBalloon<'a> {
         try_pin_init!(Self {
             core: Shared::new(dev, features)?,
             optional <- new_mutex!(Some(Optional::new(core, features)?)),
-            hinting: Hinting::new(core, features)?,
+            hinting: new_hinting(core, features)?,
             _: {
                 // The host may hold the device awake while the balloon moves (`power/wakeup`).
                 dev.set_wakeup_capable(true);
                 core.host().vqs.ready();
                 // The host may be migrating the guest already.
                 if let Some(hinting) = &hinting {
-                    hinting.changed(core);
+                    hint_changed(hinting, core);
                 }
             },
         }? Error)
@@ -864,7 +858,7 @@ impl virtio::Driver for VirtioBalloonDriver {
     fn config_changed<'bound>(dev: &'bound virtio::Device<Bound>, this: Pin<&Self::Data<'bound>>) {
         dev.schedule_work();
         if let Some(hinting) = &this.hinting {
-            hinting.changed(&this.core);
+            hint_changed(hinting, &this.core);
         }
     }
 
@@ -882,7 +876,7 @@ impl virtio::Driver for VirtioBalloonDriver {
 
     fn unbind<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         if let Some(hinting) = &this.hinting {
-            hinting.work.disable();
+            hinting.disable();
         }
         // Every page goes back, and the host hears of it, before the device is reset.
         this.core.deflate_all();
@@ -895,7 +889,7 @@ impl virtio::Driver for VirtioBalloonDriver {
         let optional = this.optional.lock().take();
         drop(optional);
         if let Some(hinting) = &this.hinting {
-            hinting.work.disable();
+            hinting.disable();
         }
     }
 
@@ -922,7 +916,7 @@ impl virtio::Driver for VirtioBalloonDriver {
         // Inflate to the target again once the system has thawed, and hint if asked to.
         dev.schedule_work();
         if let Some(hinting) = &this.hinting {
-            hinting.changed(&this.core);
+            hint_changed(hinting, &this.core);
         }
         Ok(())
     }

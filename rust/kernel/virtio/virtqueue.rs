@@ -417,9 +417,9 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
 
     /// Deletes the queues for system sleep, from [`Driver::freeze`](super::Driver::freeze).
     ///
-    /// The rings are marked broken first, and their waiters woken: a wait for a buffer the
-    /// device will never return ends with `EIO`. Then the device is reset, every buffer it held
-    /// goes back to its owner (is dropped), and the queues are deleted. Until
+    /// The rings are marked broken and the device is reset; then the waiters are woken, and a
+    /// wait for a buffer the device will never return ends with `EIO`. Every buffer the device
+    /// held goes back to its owner (is dropped), and the queues are deleted. Until
     /// [`Virtqueues::restore`], using a queue fails with `ENODEV`. Does nothing if the queues are
     /// already deleted; fails with `EINVAL` for another device.
     pub fn freeze(&self, dev: &Device<device::Core<'_>>) -> Result {
@@ -433,11 +433,13 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         let vdev = self.dev.as_raw();
         // SAFETY: `vdev` is a valid device with queues (`live`).
         unsafe { bindings::virtio_break_device(vdev) };
+        // SAFETY: As above.
+        unsafe { bindings::virtio_reset_device(vdev) };
+        // Only now, with the device reset, may a waiter return and its caller reuse the memory
+        // the device had.
         for slot in self.slots.iter() {
             slot.wake();
         }
-        // SAFETY: As above. Resetting also waits for running callbacks.
-        unsafe { bindings::virtio_reset_device(vdev) };
         for (queue, slot) in self.queues.iter().zip(self.slots.iter()) {
             // Waiters have left: the ring is broken.
             let _ring = slot.ring.lock();
@@ -570,7 +572,8 @@ impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
             // does not use the rings. Anything more (probe failed, the driver dropped its queues
             // early) means the device may still use them.
             if u32::from(self.dev.status()) & !bindings::VIRTIO_CONFIG_S_ACKNOWLEDGE != 0 {
-                // SAFETY: `vdev` is a valid device. Resetting also waits for running callbacks.
+                // SAFETY: `vdev` is a valid device. The device stops using the rings; `del_vqs`
+                // below frees the interrupts, after which no callback runs.
                 unsafe { bindings::virtio_reset_device(vdev) };
             }
             for queue in self.queues.iter() {
@@ -739,12 +742,23 @@ impl<B: Buffer> QueueGuard<'_, B> {
     /// The block stays the caller's: a hint owns nothing, and the block may be freed while the
     /// hint is still in the ring. That is the protocol of free page hinting (virtio 1.2,
     /// 5.5.6.6): the device only uses a hint to skip the pages while they are not written, and
-    /// never writes them itself; this driver cannot keep a device that breaks the protocol out
-    /// of guest memory in any case, since it does not negotiate `ACCESS_PLATFORM`. Fails with
-    /// `EINVAL` on a queue not made [`QueueInfo::with_hints`], and as
-    /// [`QueueGuard::add_outbuf`] otherwise.
+    /// never writes them itself. A device without `ACCESS_PLATFORM` reaches all of guest memory
+    /// in any case. Fails with `EINVAL` on a queue not made [`QueueInfo::with_hints`] and on a
+    /// ring that maps its buffers for the device (`ACCESS_PLATFORM`, Xen), where a hinted
+    /// block stays mapped until the hint comes back; and as [`QueueGuard::add_outbuf`]
+    /// otherwise.
     pub fn add_hint(&mut self, block: &Pages, flags: Flags) -> Result {
         if !self.hints {
+            return Err(EINVAL);
+        }
+        // SAFETY: `self.vq` is live (type invariant), and so is its device.
+        let mapped = unsafe {
+            !bindings::virtqueue_dma_dev(self.vq).is_null() || !(*(*self.vq).vdev).map.is_null()
+        };
+        // A ring that maps its buffers (`ACCESS_PLATFORM`, Xen, a mapping transport) keeps a
+        // hinted block mapped for the device until the hint comes back: freeing it before would
+        // let the device write memory that has a new owner.
+        if mapped {
             return Err(EINVAL);
         }
         let len = u32::try_from(block.len())?;

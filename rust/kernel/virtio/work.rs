@@ -232,7 +232,7 @@ impl Device<device::Bound> {
     }
 
     /// Lets the device's wakeup source go (`pm_relax()`).
-    fn relax(&self) {
+    pub(super) fn relax(&self) {
         #[cfg(CONFIG_PM_SLEEP)]
         // SAFETY: As for `stay_awake`.
         unsafe {

@@ -7,8 +7,10 @@
 //! [`Work`](super::Work) items are `'static`: the queue may run them at any time. A driver's work
 //! often borrows its device instead, and C drivers cancel such work before the data it uses goes
 //! away. A [`ScopedWork`] does the same in its drop: it disables the work item and waits for a
-//! running instance, so its handler may borrow anything that outlives it. An [`OwnedQueue`] is a
-//! workqueue of the driver's own (`alloc_workqueue()`), destroyed when dropped.
+//! running instance, so its handler may borrow anything that outlives it. It always runs on the
+//! one queue it was made for, so that waiting for it waits for every instance: a work item
+//! queued on two queues may run on both at once. An [`OwnedQueue`] is a workqueue of the
+//! driver's own (`alloc_workqueue()`), destroyed when dropped.
 
 use super::Queue;
 use crate::{
@@ -35,18 +37,35 @@ impl<T: ScopedHandler + Send + ?Sized> ScopedHandler for Arc<T> {
     }
 }
 
+/// The workqueue a [`ScopedWork`] runs on.
+pub enum WorkQueue {
+    /// A system workqueue, such as [`super::system_freezable`].
+    System(&'static Queue),
+    /// A workqueue of the work's own, destroyed after the work is disabled.
+    Owned(OwnedQueue),
+}
+
+impl WorkQueue {
+    fn get(&self) -> &Queue {
+        match self {
+            Self::System(q) => q,
+            Self::Owned(q) => q,
+        }
+    }
+}
+
 /// A work item that may borrow: dropping it disables it and waits for it to finish.
 ///
 /// # Invariants
 ///
-/// `work` is initialised with [`ScopedWork::run_callback`] as its function, and is disabled
-/// before `handler` is dropped.
+/// `work` is initialised with [`ScopedWork::run_callback`] as its function, is only queued on
+/// `queue`, and is disabled before `handler` and `queue` are dropped.
 ///
 /// # Examples
 ///
 /// ```
 /// use kernel::sync::atomic::{Atomic, Relaxed};
-/// use kernel::workqueue::{self, new_scoped_work, ScopedHandler, ScopedWork};
+/// use kernel::workqueue::{self, new_scoped_work, ScopedHandler, WorkQueue};
 ///
 /// struct Count<'a>(&'a Atomic<u32>);
 ///
@@ -58,11 +77,12 @@ impl<T: ScopedHandler + Send + ?Sized> ScopedHandler for Arc<T> {
 ///
 /// let runs = Atomic::new(0u32);
 /// {
-///     let work = KBox::pin_init(new_scoped_work!(Count(&runs), "doctest"), GFP_KERNEL)?;
-///     work.queue(workqueue::system());
+///     let queue = WorkQueue::System(workqueue::system());
+///     let work = KBox::pin_init(new_scoped_work!(Count(&runs), queue, "doctest"), GFP_KERNEL)?;
+///     work.queue();
 ///     work.disable();
 ///     // Disabled: queueing does nothing.
-///     assert!(!work.queue(workqueue::system()));
+///     assert!(!work.queue());
 /// }
 /// assert!(runs.load(Relaxed) <= 1);
 /// # Ok::<(), Error>(())
@@ -72,6 +92,7 @@ pub struct ScopedWork<H: ScopedHandler> {
     #[pin]
     work: Opaque<bindings::work_struct>,
     handler: H,
+    queue: WorkQueue,
 }
 
 // SAFETY: The work item may be queued and disabled from any thread; `H` is `Sync`, and `Send` for
@@ -82,12 +103,14 @@ unsafe impl<H: ScopedHandler + Send> Send for ScopedWork<H> {}
 // synchronises, or reaches `&H`, which is `Sync`.
 unsafe impl<H: ScopedHandler> Sync for ScopedWork<H> {}
 
-/// Creates a [`ScopedWork`] initialiser with the given handler, name and a new lock class.
+/// Creates a [`ScopedWork`] initialiser with the given handler, queue, name and a new lock
+/// class.
 #[macro_export]
 macro_rules! new_scoped_work {
-    ($handler:expr $(, $name:literal)?) => {
+    ($handler:expr, $queue:expr $(, $name:literal)?) => {
         $crate::workqueue::ScopedWork::new(
             $handler,
+            $queue,
             $crate::optional_name!($($name)?),
             $crate::static_lock_class!(),
         )
@@ -96,14 +119,16 @@ macro_rules! new_scoped_work {
 pub use new_scoped_work;
 
 impl<H: ScopedHandler> ScopedWork<H> {
-    /// A work item that runs `handler`; use [`new_scoped_work!`].
+    /// A work item that runs `handler` on `queue`; use [`new_scoped_work!`].
     pub fn new(
         handler: H,
+        queue: WorkQueue,
         name: &'static CStr,
         key: Pin<&'static LockClassKey>,
     ) -> impl PinInit<Self> {
         pin_init!(Self {
             handler,
+            queue,
             // SAFETY: `init_work_with_key` initialises the work item in place; `run_callback`
             // expects it inside a `ScopedWork<H>`, which it is.
             work <- Opaque::ffi_init(|slot| unsafe {
@@ -118,15 +143,16 @@ impl<H: ScopedHandler> ScopedWork<H> {
         })
     }
 
-    /// Queues the work on `queue`; returns `false` if it was pending already, or is disabled.
-    pub fn queue(&self, queue: &Queue) -> bool {
+    /// Queues the work on its queue; returns `false` if it was pending already, or is disabled.
+    /// Callable from any context.
+    pub fn queue(&self) -> bool {
+        // INVARIANT: The work is only ever queued on `self.queue`.
         // SAFETY: `work` is initialised (type invariant) and pinned in `self`, which disables it
-        // before it is dropped; `queue` is a valid workqueue, which the caller keeps alive while
-        // work may be queued on it.
+        // before it is dropped; `self.queue` is a valid workqueue that outlives the work.
         unsafe {
             bindings::queue_work_on(
                 bindings::wq_misc_consts_WORK_CPU_UNBOUND as c_int,
-                queue.0.get(),
+                self.queue.get().0.get(),
                 self.work.get(),
             )
         }
