@@ -30,6 +30,7 @@
 use crate::{
     bindings,
     device,
+    devres::Binding,
     driver,
     error::{
         from_result,
@@ -161,8 +162,13 @@ impl<T: Driver + 'static> Adapter<T> {
 
         from_result(|| {
             let vdev = NonNull::new(vdev).ok_or(EINVAL)?;
-            let data = KBox::pin_init(Private::<T>::new(vdev, T::probe(dev)), GFP_KERNEL)
-                .inspect_err(|_| virtqueue::delete_leaked(dev))?;
+            // The driver data lives until remove; what outlives it (the device, statics) stays
+            // valid until the binding's devres actions run, after remove.
+            let bound: &Device<device::Bound> = dev;
+            // SAFETY: As above.
+            let binding = unsafe { Binding::new(bound) };
+            let data = KBox::pin_init(Private::<T>::new(vdev, T::probe(dev, binding)), GFP_KERNEL)
+                .inspect_err(|_| virtqueue::quiesce_leaked(dev))?;
 
             Private::publish(dev.as_ref(), data);
             // Work scheduled during probe was not queued (see `Device::schedule_work`).
@@ -198,7 +204,7 @@ impl<T: Driver + 'static> Adapter<T> {
 
         // `virtio_dev_remove()` checks that the device is reset as soon as we return.
         dev.reset();
-        virtqueue::delete_leaked(dev);
+        virtqueue::quiesce_leaked(dev);
         // A `schedule_work()` that raced `disable_work()` may have taken the wakeup source after
         // it was let go; nothing can schedule work any more.
         dev.relax();
@@ -317,7 +323,7 @@ macro_rules! module_virtio_driver {
 /// # Examples
 ///
 /// ```
-/// use kernel::{c_str, device::Core, prelude::*, virtio};
+/// use kernel::{c_str, device::{Bound, Core}, devres::Binding, prelude::*, virtio};
 ///
 /// struct MyDriver;
 ///
@@ -335,6 +341,7 @@ macro_rules! module_virtio_driver {
 ///
 ///     fn probe<'bound>(
 ///         dev: &'bound virtio::Device<Core<'_>>,
+///         _binding: Binding<'bound, virtio::Device<Bound>>,
 ///     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
 ///         dev.ready();
 ///         Ok(())
@@ -364,10 +371,15 @@ pub trait Driver {
 
     /// Binds the driver to `dev`.
     ///
+    /// `binding` is how long the driver data may borrow: until the device is unbound. Queues
+    /// ([`Virtqueues::new`]) and registrations whose handlers borrow take it, so that even leaked
+    /// they end at unbind.
+    ///
     /// Queues created here may already deliver callbacks before probe returns. If probe does not
     /// call [`Device::ready`], the virtio core does so after it returns.
     fn probe<'bound>(
         dev: &'bound Device<device::Core<'_>>,
+        binding: Binding<'bound, Device<device::Bound>>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound;
 
     /// Unbinds the driver: the last moment the device still works.

@@ -57,6 +57,7 @@ use kernel::{
         Bound,
         Core, //
     },
+    devres::Binding,
     mm::{
         oom,
         page_reporting::{
@@ -602,7 +603,11 @@ impl Negotiated {
 
 impl<'a> Shared<'a> {
     /// Creates the queues and the balloon, and tells the host what freed pages hold.
-    fn new(dev: &'a virtio::Device<Core<'_>>, features: Negotiated) -> Result<Arc<Self>> {
+    fn new(
+        dev: &virtio::Device<Core<'_>>,
+        binding: Binding<'a, virtio::Device<Bound>>,
+        features: Negotiated,
+    ) -> Result<Arc<Self>> {
         let queues = [
             QueueInfo::new::<PfnBuffer>(c"inflate"),
             QueueInfo::new::<PfnBuffer>(c"deflate"),
@@ -624,7 +629,7 @@ impl<'a> Shared<'a> {
                 QueueInfo::unused()
             },
         ];
-        let bound: &'a virtio::Device<Bound> = dev;
+        let bound = binding.device();
         let pfns = KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL)?;
         let events = Events {
             dev: bound,
@@ -635,7 +640,7 @@ impl<'a> Shared<'a> {
         } else {
             ManagedPages::Adjust
         };
-        let vqs = Virtqueues::new(dev, &queues, events);
+        let vqs = Virtqueues::new(dev, binding, &queues, events);
         let hints = if features.hint {
             Some(KBox::pin_init(Hints::new(), GFP_KERNEL)?)
         } else {
@@ -724,10 +729,14 @@ struct Optional<'a> {
 }
 
 impl<'a> Optional<'a> {
-    fn new(core: &Arc<Shared<'a>>, features: Negotiated) -> Result<Self> {
+    fn new(
+        binding: Binding<'a, virtio::Device<Bound>>,
+        core: &Arc<Shared<'a>>,
+        features: Negotiated,
+    ) -> Result<Self> {
         let oom = if features.deflate_on_oom {
             Some(KBox::pin_init(
-                oom::Registration::new(core.clone()),
+                oom::Registration::new_for(binding, core.clone()),
                 GFP_KERNEL,
             )?)
         } else {
@@ -736,7 +745,7 @@ impl<'a> Optional<'a> {
         let reporting = if features.reporting {
             let capacity = core.host().vqs.ring_size(REPORTING)?;
             Some(KBox::pin_init(
-                page_reporting::Registration::new(core.clone(), capacity, REPORTING_ORDER),
+                page_reporting::Registration::new(binding, core.clone(), capacity, REPORTING_ORDER),
                 GFP_KERNEL,
             )?)
         } else {
@@ -744,7 +753,7 @@ impl<'a> Optional<'a> {
         };
         let shrinker = if features.hint {
             Some(KBox::pin_init(
-                shrinker::Registration::new(c"virtio-balloon", core.clone()),
+                shrinker::Registration::new_for(binding, c"virtio-balloon", core.clone()),
                 GFP_KERNEL,
             )?)
         } else {
@@ -763,6 +772,7 @@ impl<'a> Optional<'a> {
 type Hinting<'a> = ScopedWork<Arc<Shared<'a>>>;
 
 fn new_hinting<'a>(
+    binding: Binding<'a, virtio::Device<Bound>>,
     core: &Arc<Shared<'a>>,
     features: Negotiated,
 ) -> Result<Option<Pin<KBox<Hinting<'a>>>>> {
@@ -772,7 +782,7 @@ fn new_hinting<'a>(
     let flags = QueueFlags::PERCPU | QueueFlags::FREEZABLE | QueueFlags::CPU_INTENSIVE;
     let wq = WorkQueue::Owned(OwnedQueue::new(c"balloon-wq", flags, 0)?);
     Ok(Some(KBox::pin_init(
-        new_scoped_work!(core.clone(), wq, "virtio_balloon_hint"),
+        new_scoped_work!(for binding, core.clone(), wq, "virtio_balloon_hint"),
         GFP_KERNEL,
     )?))
 }
@@ -799,12 +809,15 @@ struct VirtioBalloon<'a> {
 }
 
 impl<'a> VirtioBalloon<'a> {
-    fn new<'c>(dev: &'a virtio::Device<Core<'c>>) -> impl PinInit<Self, Error> + use<'a, 'c> {
+    fn new<'c>(
+        dev: &'a virtio::Device<Core<'c>>,
+        binding: Binding<'a, virtio::Device<Bound>>,
+    ) -> impl PinInit<Self, Error> + use<'a, 'c> {
         let features = Negotiated::read(dev);
         try_pin_init!(Self {
-            core: Shared::new(dev, features)?,
-            optional <- new_mutex!(Some(Optional::new(core, features)?)),
-            hinting: new_hinting(core, features)?,
+            core: Shared::new(dev, binding, features)?,
+            optional <- new_mutex!(Some(Optional::new(binding, core, features)?)),
+            hinting: new_hinting(binding, core, features)?,
             _: {
                 // The host may hold the device awake while the balloon moves (`power/wakeup`).
                 dev.set_wakeup_capable(true);
@@ -851,8 +864,9 @@ impl virtio::Driver for VirtioBalloonDriver {
 
     fn probe<'bound>(
         dev: &'bound virtio::Device<Core<'_>>,
+        binding: Binding<'bound, virtio::Device<Bound>>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
-        VirtioBalloon::new(dev)
+        VirtioBalloon::new(dev, binding)
     }
 
     fn config_changed<'bound>(dev: &'bound virtio::Device<Bound>, this: Pin<&Self::Data<'bound>>) {

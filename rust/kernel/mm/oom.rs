@@ -11,6 +11,14 @@
 
 use crate::{
     bindings,
+    device::{
+        Bound,
+        Device, //
+    },
+    devres::{
+        Binding,
+        UnbindFence, //
+    },
     error::to_result,
     ffi::{
         c_int,
@@ -42,10 +50,13 @@ impl<T: Handler + ?Sized> Handler for Pin<KBox<T>> {
 
 /// A registered OOM notifier; dropping it unregisters it.
 ///
+/// A handler that borrows from a device binding is registered with [`Registration::new_for`]:
+/// should the registration be leaked, it is unregistered when the device is unbound.
+///
 /// # Invariants
 ///
 /// `nb` is registered with `register_oom_notifier()` and its callback is [`Self::notify`], for
-/// as long as `self` exists.
+/// as long as `self` exists, or until `fence`'s action ran.
 ///
 /// # Examples
 ///
@@ -69,6 +80,7 @@ pub struct Registration<H: Handler> {
     #[pin]
     nb: Opaque<bindings::notifier_block>,
     handler: H,
+    fence: Option<UnbindFence>,
 }
 
 // SAFETY: The registration only hands out `&H`, and `H: Sync`; unregistering works from any thread.
@@ -77,10 +89,31 @@ unsafe impl<H: Handler + Send> Send for Registration<H> {}
 // SAFETY: As for `Send`; the notifier block is only touched by the notifier chain's own locking.
 unsafe impl<H: Handler> Sync for Registration<H> {}
 
-impl<H: Handler> Registration<H> {
-    /// Registers `handler`; it may be called before this returns.
+impl<H: Handler + 'static> Registration<H> {
+    /// Registers `handler`, which owns what it uses; it may be called before this returns.
     pub fn new(handler: H) -> impl PinInit<Self, Error> {
-        try_pin_init!(Self {
+        Self::init(handler, None)
+    }
+}
+
+impl<H: Handler> Registration<H> {
+    /// Registers `handler`, which may borrow for as long as `binding` lasts; it may be called
+    /// before this returns.
+    pub fn new_for<'a, D: AsRef<Device<Bound>>>(
+        binding: Binding<'a, D>,
+        handler: H,
+    ) -> impl PinInit<Self, Error> + 'a
+    where
+        H: 'a,
+    {
+        Self::init(handler, Some(binding.generic()))
+    }
+
+    fn init<'a>(handler: H, binding: Option<Binding<'a>>) -> impl PinInit<Self, Error> + 'a
+    where
+        H: 'a,
+    {
+        try_pin_init!(&this in Self {
             handler,
             nb <- Opaque::try_ffi_init(|nb: *mut bindings::notifier_block| {
                 // SAFETY: `nb` is valid for writes and zeroed is its empty state.
@@ -92,7 +125,31 @@ impl<H: Handler> Registration<H> {
                 // initialised already (fields are initialised in order); `drop` unregisters it.
                 to_result(unsafe { bindings::register_oom_notifier(nb) })
             }),
+            fence: match binding {
+                // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live registration,
+                // and unregistering it once ends every call to `handler`.
+                Some(binding) => Some(
+                    unsafe { binding.fence(Self::unbind_action, this.as_ptr().cast()) }
+                        .inspect_err(|_| {
+                            // SAFETY: `nb` was registered just before.
+                            unsafe { bindings::unregister_oom_notifier(nb.get()) };
+                        })?,
+                ),
+                None => None,
+            },
         }? Error)
+    }
+
+    /// The fence's action: the registration was leaked and its device is unbound.
+    ///
+    /// # Safety
+    ///
+    /// `this` is a registered `Registration<H>`, whose memory, leaked, stays valid.
+    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+        let this = this.cast::<Self>();
+        // SAFETY: By the safety requirements `nb` is registered; unregistering waits for running
+        // callbacks.
+        unsafe { bindings::unregister_oom_notifier(Opaque::cast_into(&raw const (*this).nb)) };
     }
 
     extern "C" fn notify(
@@ -118,8 +175,12 @@ impl<H: Handler> Registration<H> {
 #[pinned_drop]
 impl<H: Handler> PinnedDrop for Registration<H> {
     fn drop(self: Pin<&mut Self>) {
-        // SAFETY: By the type invariant `nb` is registered. Unregistering waits for running
-        // callbacks (the chain's rw semaphore), so none uses `handler` afterwards.
-        unsafe { bindings::unregister_oom_notifier(self.nb.get()) };
+        let this = self.project();
+        if UnbindFence::disarm_opt(this.fence.take()) {
+            // SAFETY: By the type invariant `nb` is registered: the fence, if any, did not act.
+            // Unregistering waits for running callbacks (the chain's rw semaphore), so none uses
+            // `handler` afterwards.
+            unsafe { bindings::unregister_oom_notifier(this.nb.get()) };
+        }
     }
 }

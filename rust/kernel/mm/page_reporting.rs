@@ -15,6 +15,14 @@
 
 use crate::{
     bindings,
+    device::{
+        Bound,
+        Device, //
+    },
+    devres::{
+        Binding,
+        UnbindFence, //
+    },
     error::{
         from_result,
         to_result, //
@@ -83,12 +91,13 @@ impl FreePages<'_> {
 /// # Invariants
 ///
 /// `info` is registered with `page_reporting_register()`, with [`Self::report_callback`], for
-/// as long as `self` exists.
+/// as long as `self` exists, or until `fence`'s action ran.
 #[pin_data(PinnedDrop)]
 pub struct Registration<R: Reporter> {
     #[pin]
     info: Opaque<bindings::page_reporting_dev_info>,
     reporter: R,
+    fence: Option<UnbindFence>,
 }
 
 // SAFETY: The registration only hands out `&R`, and `R: Sync`; unregistering works from any
@@ -99,12 +108,22 @@ unsafe impl<R: Reporter + Send> Send for Registration<R> {}
 unsafe impl<R: Reporter> Sync for Registration<R> {}
 
 impl<R: Reporter> Registration<R> {
-    /// Registers `reporter` for batches of at most `capacity` pages (at most [`CAPACITY`]), of
-    /// free blocks of at least `order` (`None`: the core's choice, `pageblock_order`).
+    /// Registers `reporter`, the page reporting device of the bound device, for batches of at
+    /// most `capacity` pages (at most [`CAPACITY`]), of free blocks of at least `order` (`None`:
+    /// the core's choice, `pageblock_order`). The reporter may borrow for as long as `binding`
+    /// lasts: should the registration be leaked, it is unregistered when the device is unbound.
     ///
     /// Fails with `EBUSY` if another device reports already.
-    pub fn new(reporter: R, capacity: usize, order: Option<u32>) -> impl PinInit<Self, Error> {
-        try_pin_init!(Self {
+    pub fn new<'a, D: AsRef<Device<Bound>>>(
+        binding: Binding<'a, D>,
+        reporter: R,
+        capacity: usize,
+        order: Option<u32>,
+    ) -> impl PinInit<Self, Error> + 'a
+    where
+        R: 'a,
+    {
+        try_pin_init!(&this in Self {
             reporter,
             info <- Opaque::try_ffi_init(move |info: *mut bindings::page_reporting_dev_info| {
                 // SAFETY: `info` is valid for writes and zeroed is its unregistered state.
@@ -119,7 +138,28 @@ impl<R: Reporter> Registration<R> {
                 // initialised already; `drop` unregisters it.
                 to_result(unsafe { bindings::page_reporting_register(info) })
             }),
+            // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live registration, and
+            // unregistering it once ends every call to `reporter`.
+            fence: Some(unsafe {
+                binding.generic().fence(Self::unbind_action, this.as_ptr().cast())
+            }
+            .inspect_err(|_| {
+                // SAFETY: `info` was registered just before.
+                unsafe { bindings::page_reporting_unregister(info.get()) };
+            })?),
         }? Error)
+    }
+
+    /// The fence's action: the registration was leaked and its device is unbound.
+    ///
+    /// # Safety
+    ///
+    /// `this` is a registered `Registration<R>`, whose memory, leaked, stays valid.
+    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+        let this = this.cast::<Self>();
+        // SAFETY: By the safety requirements `info` is registered; unregistering cancels the
+        // reporting work and waits for it.
+        unsafe { bindings::page_reporting_unregister(Opaque::cast_into(&raw const (*this).info)) };
     }
 
     extern "C" fn report_callback(
@@ -148,8 +188,12 @@ impl<R: Reporter> Registration<R> {
 #[pinned_drop]
 impl<R: Reporter> PinnedDrop for Registration<R> {
     fn drop(self: Pin<&mut Self>) {
-        // SAFETY: By the type invariant `info` is registered. Unregistering cancels the
-        // reporting work and waits for it, so no callback uses `reporter` afterwards.
-        unsafe { bindings::page_reporting_unregister(self.info.get()) };
+        let this = self.project();
+        if UnbindFence::disarm_opt(this.fence.take()) {
+            // SAFETY: By the type invariant `info` is registered: the fence did not act.
+            // Unregistering cancels the reporting work and waits for it, so no callback uses
+            // `reporter` afterwards.
+            unsafe { bindings::page_reporting_unregister(this.info.get()) };
+        }
     }
 }

@@ -12,6 +12,14 @@
 
 use crate::{
     bindings,
+    device::{
+        Bound,
+        Device, //
+    },
+    devres::{
+        Binding,
+        UnbindFence, //
+    },
     prelude::*,
     str::CStr,
     sync::Arc, //
@@ -43,12 +51,14 @@ impl<T: Shrinker + Send + ?Sized> Shrinker for Arc<T> {
 
 /// A registered shrinker; dropping it unregisters it, waiting for running callbacks.
 ///
-/// Its name shows in `/sys/kernel/debug/shrinker/<name>-<id>/` with `CONFIG_SHRINKER_DEBUG`.
+/// Its name shows in `/sys/kernel/debug/shrinker/<name>-<id>/` with `CONFIG_SHRINKER_DEBUG`. A
+/// shrinker that borrows from a device binding is registered with [`Registration::new_for`]:
+/// should the registration be leaked, it is freed when the device is unbound.
 ///
 /// # Invariants
 ///
 /// `shrinker` is registered, with the callbacks of `Self` and a `private_data` pointing at
-/// `self`, from the end of initialisation until `drop` frees it.
+/// `self`, from the end of initialisation until `drop` frees it, or `fence`'s action does.
 ///
 /// # Examples
 ///
@@ -82,6 +92,7 @@ impl<T: Shrinker + Send + ?Sized> Shrinker for Arc<T> {
 pub struct Registration<S: Shrinker> {
     inner: S,
     shrinker: NonNull<bindings::shrinker>,
+    fence: Option<UnbindFence>,
     // The shrinker's `private_data` points at `self`.
     #[pin]
     _pin: PhantomPinned,
@@ -94,15 +105,65 @@ unsafe impl<S: Shrinker + Send> Send for Registration<S> {}
 // SAFETY: As for `Send`; the `struct shrinker` is only used by the shrinker core.
 unsafe impl<S: Shrinker> Sync for Registration<S> {}
 
-impl<S: Shrinker> Registration<S> {
-    /// Registers `inner` as a shrinker named `name`.
+impl<S: Shrinker + 'static> Registration<S> {
+    /// Registers `inner`, which owns what it uses, as a shrinker named `name`.
     pub fn new(name: &'static CStr, inner: S) -> impl PinInit<Self, Error> {
+        Self::init(name, inner, None)
+    }
+}
+
+impl<S: Shrinker> Registration<S> {
+    /// Registers `inner`, which may borrow for as long as `binding` lasts, as a shrinker named
+    /// `name`.
+    pub fn new_for<'a, D: AsRef<Device<Bound>>>(
+        binding: Binding<'a, D>,
+        name: &'static CStr,
+        inner: S,
+    ) -> impl PinInit<Self, Error> + 'a
+    where
+        S: 'a,
+    {
+        Self::init(name, inner, Some(binding.generic()))
+    }
+
+    fn init<'a>(
+        name: &'static CStr,
+        inner: S,
+        binding: Option<Binding<'a>>,
+    ) -> impl PinInit<Self, Error> + 'a
+    where
+        S: 'a,
+    {
         try_pin_init!(&this in Self {
             inner,
             // `inner` is initialised: the callbacks may run as soon as this registers.
             shrinker: Self::register(name, this.as_ptr().cast())?,
+            fence: match binding {
+                // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live registration,
+                // and freeing its shrinker once ends every call to `inner`.
+                Some(binding) => Some(
+                    unsafe { binding.fence(Self::unbind_action, this.as_ptr().cast()) }
+                        .inspect_err(|_| {
+                            // SAFETY: `shrinker` was registered just before.
+                            unsafe { bindings::shrinker_free(shrinker.as_ptr()) };
+                        })?,
+                ),
+                None => None,
+            },
             _pin: PhantomPinned,
         }? Error)
+    }
+
+    /// The fence's action: the registration was leaked and its device is unbound.
+    ///
+    /// # Safety
+    ///
+    /// `this` is a `Registration<S>` with a registered shrinker, whose memory, leaked, stays
+    /// valid.
+    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+        // SAFETY: By the safety requirements the shrinker is registered; freeing it waits for
+        // running callbacks.
+        unsafe { bindings::shrinker_free((*this.cast::<Self>()).shrinker.as_ptr()) };
     }
 
     fn register(name: &'static CStr, this: *mut c_void) -> Result<NonNull<bindings::shrinker>> {
@@ -164,8 +225,11 @@ impl<S: Shrinker> Registration<S> {
 #[pinned_drop]
 impl<S: Shrinker> PinnedDrop for Registration<S> {
     fn drop(self: Pin<&mut Self>) {
-        // SAFETY: `shrinker` is registered (type invariant). Freeing it unregisters it and waits
-        // for running callbacks, so none uses `inner` afterwards.
-        unsafe { bindings::shrinker_free(self.shrinker.as_ptr()) };
+        let this = self.project();
+        if UnbindFence::disarm_opt(this.fence.take()) {
+            // SAFETY: `shrinker` is registered (type invariant): the fence did not act. Freeing
+            // it unregisters it and waits for running callbacks, so none uses `inner` afterwards.
+            unsafe { bindings::shrinker_free(this.shrinker.as_ptr()) };
+        }
     }
 }

@@ -30,6 +30,10 @@ use super::Device;
 use crate::{
     alloc::Flags,
     bindings, device,
+    devres::{
+        Binding,
+        UnbindFence, //
+    },
     error::to_result,
     new_condvar, new_mutex, new_spinlock_irq,
     prelude::*,
@@ -270,6 +274,7 @@ pub struct Virtqueues<'a, H: Handler> {
     handler: H,
     queues: KVec<Queue>,
     live: Atomic<bool>,
+    fence: Option<UnbindFence>,
     // Interrupt handlers hold shared references into `self` while `drop` runs.
     #[pin]
     _pin: PhantomPinned,
@@ -283,18 +288,21 @@ unsafe impl<H: Handler> Sync for Virtqueues<'_, H> {}
 
 impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     /// Creates the queues described by `queues` (queue `i` is `queues[i]`) with `handler` for
-    /// their notifications.
+    /// their notifications, which may borrow for as long as `binding`, of `dev`, lasts.
     ///
     /// Notifications may arrive as soon as this returns, and before the device is marked ready.
     pub fn new<E>(
-        dev: &'a Device<device::Core<'_>>,
+        dev: &Device<device::Core<'_>>,
+        binding: Binding<'a, Device<device::Bound>>,
         queues: &[QueueInfo],
         handler: impl PinInit<H, E> + 'a,
     ) -> impl PinInit<Self, Error> + 'a
     where
         Error: From<E>,
     {
-        let dev: &'a Device<device::Bound> = dev;
+        // `dev` proves that the device lock is held, `binding` how long the handler may borrow.
+        let same = dev.as_raw() == binding.device().as_raw();
+        let dev = binding.device();
         let count = queues.len();
         let queues = KVec::with_capacity(count, GFP_KERNEL).and_then(|mut v| {
             for info in queues {
@@ -310,12 +318,23 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         });
 
         try_pin_init!(&this in Self {
-            dev,
+            dev: if same { dev } else { return Err(EINVAL) },
             handler <- handler,
             slots: KBox::pin_slice(|_| Slot::new(), count, GFP_KERNEL)?,
             // `handler` and `slots`, all a callback touches, are initialised at this point.
             queues: Self::claim(dev, queues?, this.as_ptr().cast())?,
             live: Atomic::new(true),
+            // SAFETY: Until the fence is disarmed, in `drop`, `this` is live queues of `dev`,
+            // and deleting them once, under the device lock, ends their use.
+            fence: Some(unsafe { binding.fence(Self::unbind_action, this.as_ptr().cast()) }
+            .inspect_err(|_| {
+                // SAFETY: The queues were just created for `this`, and are not used yet.
+                unsafe {
+                    bindings::virtio_reset_device(dev.as_raw());
+                    bindings::virtio_del_vqs(dev.as_raw());
+                    (*dev.as_raw()).priv_ = null_mut();
+                }
+            })?),
             _pin: PhantomPinned,
         }? Error)
     }
@@ -427,8 +446,15 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         if dev.as_raw() != self.dev.as_raw() {
             return Err(EINVAL);
         }
+        self.delete();
+        Ok(())
+    }
+
+    /// Breaks the rings, resets the device, wakes the waiters, drops the buffers and deletes
+    /// the queues, if they exist. Callers hold the device lock or the only reference to `self`.
+    fn delete(&self) {
         if !self.live.load(Relaxed) {
-            return Ok(());
+            return;
         }
         let vdev = self.dev.as_raw();
         // SAFETY: `vdev` is a valid device with queues (`live`).
@@ -451,7 +477,30 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         // `del_vqs` frees their interrupts.
         unsafe { bindings::virtio_del_vqs(vdev) };
         self.live.store(false, Relaxed);
-        Ok(())
+    }
+
+    /// Clears `priv`, under the lock `wake_all` reads it under.
+    fn release(&self) {
+        let vdev = self.dev.as_raw();
+        // SAFETY: `vdev` is valid, and `priv` points at `self` (type invariant).
+        unsafe {
+            let lock = &raw mut (*vdev).vqs_list_lock;
+            bindings::spin_lock(lock);
+            (*vdev).priv_ = null_mut();
+            bindings::spin_unlock(lock);
+        }
+    }
+
+    /// The fence's action: the queues were leaked and their device is unbound.
+    ///
+    /// # Safety
+    ///
+    /// `this` is a `Virtqueues<H>`, whose memory, leaked, stays valid; the device lock is held.
+    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+        // SAFETY: By the safety requirements.
+        let this = unsafe { &*this.cast::<Self>() };
+        this.delete();
+        this.release();
     }
 
     /// Creates the queues again after [`Virtqueues::freeze`], as [`Virtqueues::new`] did, from
@@ -564,33 +613,11 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
 
 #[pinned_drop]
 impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
-    fn drop(self: Pin<&mut Self>) {
-        let vdev = self.dev.as_raw();
-
-        if self.live.load(Relaxed) {
-            // After `remove()` the virtio core leaves the device in ACKNOWLEDGE: it is reset and
-            // does not use the rings. Anything more (probe failed, the driver dropped its queues
-            // early) means the device may still use them.
-            if u32::from(self.dev.status()) & !bindings::VIRTIO_CONFIG_S_ACKNOWLEDGE != 0 {
-                // SAFETY: `vdev` is a valid device. The device stops using the rings; `del_vqs`
-                // below frees the interrupts, after which no callback runs.
-                unsafe { bindings::virtio_reset_device(vdev) };
-            }
-            for queue in self.queues.iter() {
-                // SAFETY: The device is reset, and `drop` has the only reference to `self`.
-                unsafe { reclaim(queue, queue.vq.load(Relaxed)) };
-            }
-            // SAFETY: `vdev` has the queues `find_vqs` created for `self` (type invariant);
-            // `del_vqs` frees their interrupts, so no callback runs after it.
-            unsafe { bindings::virtio_del_vqs(vdev) };
-        }
-        // SAFETY: `vdev` is valid, and `priv` points at `self` (type invariant). `wake_all`
-        // reads it under the same lock.
-        unsafe {
-            let lock = &raw mut (*vdev).vqs_list_lock;
-            bindings::spin_lock(lock);
-            (*vdev).priv_ = null_mut();
-            bindings::spin_unlock(lock);
+    fn drop(mut self: Pin<&mut Self>) {
+        // The fence acted only if `self` was leaked, which being dropped says it was not.
+        if UnbindFence::disarm_opt(self.as_mut().project().fence.take()) {
+            self.delete();
+            self.release();
         }
     }
 }
@@ -617,31 +644,23 @@ pub(super) fn wake_all(dev: &Device<device::CoreInternal<'_>>) {
     }
 }
 
-/// Deletes queues the driver leaked, once its data is gone (in `remove()`, or after a failed
-/// probe).
+/// Breaks the queues the driver leaked, once its data is gone (after `remove()` or a failed
+/// probe), and wakes their waiters: whatever still uses them gets `EIO` until the device is
+/// unbound and their fence deletes them.
 ///
 /// [`Virtqueues`] deletes its queues when dropped. A driver that leaks it instead
-/// (`mem::forget`, a reference cycle) leaks its memory too, so a callback could still use it; but
-/// the device would keep its queues and interrupts after the driver let go. Deleting them here
-/// makes the device quiet again.
-pub(super) fn delete_leaked(dev: &Device<device::CoreInternal<'_>>) {
+/// (`mem::forget`, a reference cycle) leaks its memory too, and other leaked parts of the driver
+/// (a notifier, say) may still use the queues until their own fences end them at unbind.
+pub(super) fn quiesce_leaked(dev: &Device<device::CoreInternal<'_>>) {
     let vdev = dev.as_raw();
-    // SAFETY: `vdev` is a valid device and we are in a bus callback, with the device lock held,
-    // which `find_vqs` and `del_vqs` also run under. A non-null `priv` after the driver data is
-    // gone belongs to a leaked `Virtqueues`, whose memory stays valid forever.
-    unsafe {
-        if (*vdev).priv_.is_null() {
-            return;
-        }
-        dev_warn!(dev.as_ref(), "the driver leaked its virtqueues\n");
-        let head = &raw mut (*vdev).vqs;
-        // Frozen queues are deleted already.
-        if (*head).next != head {
-            bindings::virtio_reset_device(vdev);
-            bindings::virtio_del_vqs(vdev);
-        }
-        (*vdev).priv_ = null_mut();
+    // SAFETY: `vdev` is a valid device; `priv` only changes under the device lock, which we hold.
+    if unsafe { (*vdev).priv_ }.is_null() {
+        return;
     }
+    dev_warn!(dev.as_ref(), "the driver leaked its virtqueues\n");
+    // SAFETY: As above; breaking a device without queues does nothing.
+    unsafe { bindings::virtio_break_device(vdev) };
+    wake_all(dev);
 }
 
 /// Drops every buffer left in `vq`.

@@ -15,6 +15,14 @@
 use super::Queue;
 use crate::{
     bindings,
+    device::{
+        Bound,
+        Device, //
+    },
+    devres::{
+        Binding,
+        UnbindFence, //
+    },
     prelude::*,
     str::CStr,
     sync::{
@@ -59,7 +67,8 @@ impl WorkQueue {
 /// # Invariants
 ///
 /// `work` is initialised with [`ScopedWork::run_callback`] as its function, is only queued on
-/// `queue`, and is disabled before `handler` and `queue` are dropped.
+/// `queue`, and is disabled before `handler` and `queue` are dropped, or at the latest by
+/// `fence`'s action if `self` is leaked.
 ///
 /// # Examples
 ///
@@ -67,24 +76,22 @@ impl WorkQueue {
 /// use kernel::sync::atomic::{Atomic, Relaxed};
 /// use kernel::workqueue::{self, new_scoped_work, ScopedHandler, WorkQueue};
 ///
-/// struct Count<'a>(&'a Atomic<u32>);
+/// struct Count(Atomic<u32>);
 ///
-/// impl ScopedHandler for Count<'_> {
+/// impl ScopedHandler for Count {
 ///     fn run(&self) {
 ///         self.0.add(1, Relaxed);
 ///     }
 /// }
 ///
-/// let runs = Atomic::new(0u32);
-/// {
-///     let queue = WorkQueue::System(workqueue::system());
-///     let work = KBox::pin_init(new_scoped_work!(Count(&runs), queue, "doctest"), GFP_KERNEL)?;
-///     work.queue();
-///     work.disable();
-///     // Disabled: queueing does nothing.
-///     assert!(!work.queue());
-/// }
-/// assert!(runs.load(Relaxed) <= 1);
+/// let queue = WorkQueue::System(workqueue::system());
+/// let work = new_scoped_work!(Count(Atomic::new(0)), queue, "doctest");
+/// let work = KBox::pin_init(work, GFP_KERNEL)?;
+/// work.queue();
+/// work.disable();
+/// // Disabled: queueing does nothing.
+/// assert!(!work.queue());
+/// assert!(work.handler().0.load(Relaxed) <= 1);
 /// # Ok::<(), Error>(())
 /// ```
 #[pin_data(PinnedDrop)]
@@ -93,6 +100,7 @@ pub struct ScopedWork<H: ScopedHandler> {
     work: Opaque<bindings::work_struct>,
     handler: H,
     queue: WorkQueue,
+    fence: Option<UnbindFence>,
 }
 
 // SAFETY: The work item may be queued and disabled from any thread; `H` is `Sync`, and `Send` for
@@ -104,9 +112,19 @@ unsafe impl<H: ScopedHandler + Send> Send for ScopedWork<H> {}
 unsafe impl<H: ScopedHandler> Sync for ScopedWork<H> {}
 
 /// Creates a [`ScopedWork`] initialiser with the given handler, queue, name and a new lock
-/// class.
+/// class; `for binding,` first for a handler that borrows for as long as a
+/// [`Binding`](crate::devres::Binding) lasts.
 #[macro_export]
 macro_rules! new_scoped_work {
+    (for $binding:expr, $handler:expr, $queue:expr $(, $name:literal)?) => {
+        $crate::workqueue::ScopedWork::new_for(
+            $binding,
+            $handler,
+            $queue,
+            $crate::optional_name!($($name)?),
+            $crate::static_lock_class!(),
+        )
+    };
     ($handler:expr, $queue:expr $(, $name:literal)?) => {
         $crate::workqueue::ScopedWork::new(
             $handler,
@@ -118,15 +136,47 @@ macro_rules! new_scoped_work {
 }
 pub use new_scoped_work;
 
-impl<H: ScopedHandler> ScopedWork<H> {
-    /// A work item that runs `handler` on `queue`; use [`new_scoped_work!`].
+impl<H: ScopedHandler + 'static> ScopedWork<H> {
+    /// A work item that runs `handler`, which owns what it uses, on `queue`; use
+    /// [`new_scoped_work!`].
     pub fn new(
         handler: H,
         queue: WorkQueue,
         name: &'static CStr,
         key: Pin<&'static LockClassKey>,
-    ) -> impl PinInit<Self> {
-        pin_init!(Self {
+    ) -> impl PinInit<Self, Error> {
+        Self::init(handler, queue, None, name, key)
+    }
+}
+
+impl<H: ScopedHandler> ScopedWork<H> {
+    /// A work item that runs `handler`, which may borrow for as long as `binding` lasts, on
+    /// `queue`: should the work item be leaked, it is disabled when the device is unbound. Use
+    /// [`new_scoped_work!`]`(for binding, ...)`.
+    pub fn new_for<'a, D: AsRef<Device<Bound>>>(
+        binding: Binding<'a, D>,
+        handler: H,
+        queue: WorkQueue,
+        name: &'static CStr,
+        key: Pin<&'static LockClassKey>,
+    ) -> impl PinInit<Self, Error> + 'a
+    where
+        H: 'a,
+    {
+        Self::init(handler, queue, Some(binding.generic()), name, key)
+    }
+
+    fn init<'a>(
+        handler: H,
+        queue: WorkQueue,
+        binding: Option<Binding<'a>>,
+        name: &'static CStr,
+        key: Pin<&'static LockClassKey>,
+    ) -> impl PinInit<Self, Error> + 'a
+    where
+        H: 'a,
+    {
+        try_pin_init!(&this in Self {
             handler,
             queue,
             // SAFETY: `init_work_with_key` initialises the work item in place; `run_callback`
@@ -140,7 +190,28 @@ impl<H: ScopedHandler> ScopedWork<H> {
                     key.as_ptr(),
                 )
             }),
-        })
+            fence: match binding {
+                Some(binding) => {
+                    // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live work item,
+                    // and disabling it ends every run of `handler`.
+                    let fence = unsafe { binding.fence(Self::unbind_action, this.as_ptr().cast()) };
+                    Some(fence?)
+                }
+                None => None,
+            },
+        }? Error)
+    }
+
+    /// The fence's action: the work item was leaked and its device is unbound.
+    ///
+    /// # Safety
+    ///
+    /// `this` is an initialised `ScopedWork<H>`, whose memory, leaked, stays valid.
+    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+        // SAFETY: By the safety requirements `work` is an initialised work item.
+        unsafe {
+            bindings::disable_work_sync(Opaque::cast_into(&raw const (*this.cast::<Self>()).work))
+        };
     }
 
     /// Queues the work on its queue; returns `false` if it was pending already, or is disabled.
@@ -156,6 +227,11 @@ impl<H: ScopedHandler> ScopedWork<H> {
                 self.work.get(),
             )
         }
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
     }
 
     /// Disables the work and waits for a running instance: it does not run again.
@@ -174,7 +250,9 @@ impl<H: ScopedHandler> ScopedWork<H> {
 
 #[pinned_drop]
 impl<H: ScopedHandler> PinnedDrop for ScopedWork<H> {
-    fn drop(self: Pin<&mut Self>) {
+    fn drop(mut self: Pin<&mut Self>) {
+        // Whether the fence acted or not, disabling again does no harm.
+        let _ = UnbindFence::disarm_opt(self.as_mut().project().fence.take());
         self.disable();
     }
 }
