@@ -68,6 +68,27 @@ impl UnbindFence {
         })
     }
 
+    /// Arms `action(data)` on the device of `binding`, if there is a binding; if that fails,
+    /// runs `undo`, which ends the registration.
+    ///
+    /// # Safety
+    ///
+    /// As for [`UnbindFence::arm`].
+    pub unsafe fn arm_opt(
+        binding: Option<Binding<'_>>,
+        action: unsafe extern "C" fn(*mut c_void),
+        data: *mut c_void,
+        undo: impl FnOnce(),
+    ) -> Result<Option<Self>> {
+        let Some(binding) = binding else {
+            return Ok(None);
+        };
+        // SAFETY: By the safety requirements of this function.
+        unsafe { binding.fence(action, data) }
+            .map(Some)
+            .inspect_err(|_| undo())
+    }
+
     /// Disarms `fence` if there is one: `true` if the registration is to be ended by its owner,
     /// that is without a fence, or if [`UnbindFence::disarm`] says so.
     pub fn disarm_opt(fence: Option<Self>) -> bool {

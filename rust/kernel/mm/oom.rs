@@ -125,17 +125,15 @@ impl<H: Handler> Registration<H> {
                 // initialised already (fields are initialised in order); `drop` unregisters it.
                 to_result(unsafe { bindings::register_oom_notifier(nb) })
             }),
-            fence: match binding {
+            fence: {
+                let undo = || {
+                    // SAFETY: `nb` was registered just before.
+                    let _ = unsafe { bindings::unregister_oom_notifier(nb.get()) };
+                };
+                let data = this.as_ptr().cast();
                 // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live registration,
                 // and unregistering it once ends every call to `handler`.
-                Some(binding) => Some(
-                    unsafe { binding.fence(Self::unbind_action, this.as_ptr().cast()) }
-                        .inspect_err(|_| {
-                            // SAFETY: `nb` was registered just before.
-                            unsafe { bindings::unregister_oom_notifier(nb.get()) };
-                        })?,
-                ),
-                None => None,
+                unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, undo) }?
             },
         }? Error)
     }

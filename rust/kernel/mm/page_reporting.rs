@@ -140,13 +140,14 @@ impl<R: Reporter> Registration<R> {
             }),
             // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live registration, and
             // unregistering it once ends every call to `reporter`.
-            fence: Some(unsafe {
-                binding.generic().fence(Self::unbind_action, this.as_ptr().cast())
-            }
-            .inspect_err(|_| {
+            fence: {
                 // SAFETY: `info` was registered just before.
-                unsafe { bindings::page_reporting_unregister(info.get()) };
-            })?),
+                let undo = || unsafe { bindings::page_reporting_unregister(info.get()) };
+                let (binding, data) = (Some(binding.generic()), this.as_ptr().cast());
+                // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live registration,
+                // and unregistering it once ends every call to `reporter`.
+                unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, undo) }?
+            },
         }? Error)
     }
 

@@ -138,17 +138,13 @@ impl<S: Shrinker> Registration<S> {
             inner,
             // `inner` is initialised: the callbacks may run as soon as this registers.
             shrinker: Self::register(name, this.as_ptr().cast())?,
-            fence: match binding {
+            fence: {
+                // SAFETY: `shrinker` was registered just before.
+                let undo = || unsafe { bindings::shrinker_free(shrinker.as_ptr()) };
+                let data = this.as_ptr().cast();
                 // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live registration,
                 // and freeing its shrinker once ends every call to `inner`.
-                Some(binding) => Some(
-                    unsafe { binding.fence(Self::unbind_action, this.as_ptr().cast()) }
-                        .inspect_err(|_| {
-                            // SAFETY: `shrinker` was registered just before.
-                            unsafe { bindings::shrinker_free(shrinker.as_ptr()) };
-                        })?,
-                ),
-                None => None,
+                unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, undo) }?
             },
             _pin: PhantomPinned,
         }? Error)

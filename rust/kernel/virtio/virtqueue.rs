@@ -324,17 +324,18 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             // `handler` and `slots`, all a callback touches, are initialised at this point.
             queues: Self::claim(dev, queues?, this.as_ptr().cast())?,
             live: Atomic::new(true),
-            // SAFETY: Until the fence is disarmed, in `drop`, `this` is live queues of `dev`,
-            // and deleting them once, under the device lock, ends their use.
-            fence: Some(unsafe { binding.fence(Self::unbind_action, this.as_ptr().cast()) }
-            .inspect_err(|_| {
+            fence: {
                 // SAFETY: The queues were just created for `this`, and are not used yet.
-                unsafe {
+                let undo = || unsafe {
                     bindings::virtio_reset_device(dev.as_raw());
                     bindings::virtio_del_vqs(dev.as_raw());
                     (*dev.as_raw()).priv_ = null_mut();
-                }
-            })?),
+                };
+                let (binding, data) = (Some(binding.generic()), this.as_ptr().cast());
+                // SAFETY: Until the fence is disarmed, in `drop`, `this` is live queues of `dev`,
+                // and deleting them once, under the device lock, ends their use.
+                unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, undo) }?
+            },
             _pin: PhantomPinned,
         }? Error)
     }
@@ -629,8 +630,9 @@ impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
 pub(super) fn wake_all(dev: &Device<device::CoreInternal<'_>>) {
     let vdev = dev.as_raw();
     // SAFETY: `vdev` is a valid device. A non-null `priv` points at a live `Virtqueues`, which is
-    // `repr(C)` with `slots` first, and which clears `priv` under `vqs_list_lock` before it is
-    // freed: it stays alive while we hold the lock.
+    // `repr(C)` with `slots` first. It sets `priv` under the device lock, which we hold, and
+    // clears it under `vqs_list_lock` before it is freed (`release`): it stays alive while we
+    // hold that lock.
     unsafe {
         let lock = &raw mut (*vdev).vqs_list_lock;
         bindings::spin_lock(lock);

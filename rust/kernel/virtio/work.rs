@@ -32,7 +32,8 @@
 //! wakeup-capable ([`Device::set_wakeup_capable`]) and user space enabled
 //! (`power/wakeup`). Scheduling takes the source after queueing; the work lets it go only when
 //! not queued again, and takes it back if it was queued meanwhile, so a pending work always
-//! holds it.
+//! holds it. A scheduling that races with remove may take it after the work was disabled, so
+//! remove lets it go once more at the end.
 
 use super::{
     Device,

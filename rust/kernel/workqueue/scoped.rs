@@ -190,15 +190,11 @@ impl<H: ScopedHandler> ScopedWork<H> {
                     key.as_ptr(),
                 )
             }),
-            fence: match binding {
-                Some(binding) => {
-                    // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live work item,
-                    // and disabling it ends every run of `handler`.
-                    let fence = unsafe { binding.fence(Self::unbind_action, this.as_ptr().cast()) };
-                    Some(fence?)
-                }
-                None => None,
-            },
+            // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live work item, and
+            // disabling it ends every run of `handler`.
+            fence: unsafe {
+                UnbindFence::arm_opt(binding, Self::unbind_action, this.as_ptr().cast(), || ())
+            }?,
         }? Error)
     }
 
