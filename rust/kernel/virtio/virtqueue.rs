@@ -629,10 +629,9 @@ impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
 /// `virtio_device_shutdown()` breaks them too, but breaking a ring wakes nobody.
 pub(super) fn wake_all(dev: &Device<device::CoreInternal<'_>>) {
     let vdev = dev.as_raw();
-    // SAFETY: `vdev` is a valid device. A non-null `priv` points at a live `Virtqueues`, which is
-    // `repr(C)` with `slots` first. It sets `priv` under the device lock, which we hold, and
-    // clears it under `vqs_list_lock` before it is freed (`release`): it stays alive while we
-    // hold that lock.
+    // SAFETY: `vdev` is valid. A non-null `priv` is a live `Virtqueues` (`repr(C)`, `slots` first),
+    // set under the device lock, which we hold, and cleared under `vqs_list_lock` before it is
+    // freed (`release`): it stays alive while we hold that lock.
     unsafe {
         let lock = &raw mut (*vdev).vqs_list_lock;
         bindings::spin_lock(lock);
