@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
-# Install this repository into the kernel tree: new files under rust/,
+# Install this repository into the kernel tree: new files under drivers/, rust/,
 # samples/, Documentation/ and tools/ are copied, edits to upstream files are
 # applied from patches/. Only files whose content changed are written, so
 # Kbuild rebuilds only what really changed, also after a fresh clone. Files
@@ -28,7 +28,7 @@ put() {
 
 cd "$FROM"
 git ls-files --cached --others --exclude-standard -- \
-	rust samples Documentation tools | sort -u |
+	drivers rust samples Documentation tools | sort -u |
 	while read -r f; do [ -f "$f" ] && echo "$f"; done >"$state/files.new"
 
 # New files only: an upstream file is changed through patches/, never

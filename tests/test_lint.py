@@ -24,7 +24,7 @@ KERNEL_STYLE = (".rs", ".c", ".h", ".rst")
 def project_files():
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard",
-         "rust", "samples", "Documentation", "tools", "tests/guest"],
+         "drivers", "rust", "samples", "Documentation", "tools", "tests/guest"],
         cwd=TOP, check=True, capture_output=True, text=True).stdout.split()
     return [f for f in out if (TOP / f).is_file() and
             (f.endswith(KERNEL_STYLE) or Path(f).name.startswith("Kconfig"))]

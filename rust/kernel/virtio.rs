@@ -191,8 +191,9 @@ impl<T: Driver + 'static> Adapter<T> {
         // and stored a `Pin<KBox<Private<'_, T>>>`.
         let private = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() };
 
-        // A device removed by surprise has broken rings: its waiters (the work, say) return.
-        virtqueue::wake_all(dev);
+        // A device removed by surprise has broken rings: its waiters (the work, say) return. A
+        // device that no longer answers gets a grace period, then a reset.
+        virtqueue::begin_unbind(dev);
         private.disable_work();
         T::unbind(dev, private.data());
 
@@ -236,7 +237,8 @@ impl<T: Driver + 'static> Adapter<T> {
         // `Pin<KBox<Private<'_, T>>>`.
         let private = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() };
 
-        // The work would only find a dead device.
+        // The work would only find a dead device; it must not wait for ever for it either.
+        virtqueue::begin_unbind(dev);
         private.disable_work();
         if T::HAS_SHUTDOWN {
             T::shutdown(dev, private.data());

@@ -25,6 +25,17 @@
 //! - A callback first wakes the queue's waiters, under a per-queue IRQ-safe spin lock that
 //!   [`QueueGuard::wait_buf`] holds from its check of the ring until it sleeps, so no wake-up is
 //!   lost; then it calls [`Handler::used`].
+//! - Transports number only the queues that exist: `vq->index` counts the named queues before
+//!   it, so after an unused queue it is not the queue's position in the driver's list. The
+//!   callback maps one to the other through a table made before `find_vqs`.
+//!
+//! # Waiting during unbind
+//!
+//! A wait for the device normally lasts until the device answers: the device is trusted to, and
+//! may take its time. Once the driver is being unbound, a wait lasts at most
+//! [`UNBIND_GRACE_MS`]: a device that has not answered by then is broken and reset (so it can no
+//! longer reach the memory it was lent), every waiter is woken, and the wait fails with
+//! `ETIMEDOUT`. Unbind therefore finishes whatever the device does.
 
 use super::Device;
 use crate::{
@@ -46,7 +57,14 @@ use crate::{
         CondVar,
         Mutex,
         MutexGuard,
-        SpinLockIrq, //
+        SpinLockIrq,
+        SpinLockIrqGuard, //
+    },
+    time::{
+        msecs_to_jiffies,
+        Delta,
+        Instant,
+        Monotonic, //
     },
 };
 use core::{
@@ -211,6 +229,9 @@ pub trait Handler: Sync {
 /// For drivers that only wait for their buffers.
 impl Handler for () {}
 
+/// How long, in milliseconds, a wait for the device may last once the driver is being unbound.
+pub const UNBIND_GRACE_MS: i64 = 1000;
+
 /// The per-queue state the interrupt handler reaches.
 #[pin_data]
 struct Slot {
@@ -222,6 +243,8 @@ struct Slot {
     notify: SpinLockIrq<()>,
     #[pin]
     used: CondVar,
+    /// Whether the driver is being unbound: waits are bounded from then on.
+    unbinding: Atomic<bool>,
 }
 
 impl Slot {
@@ -230,7 +253,33 @@ impl Slot {
             ring <- new_mutex!(()),
             notify <- new_spinlock_irq!(()),
             used <- new_condvar!(),
+            unbinding: Atomic::new(false),
         }? Error)
+    }
+
+    /// Sleeps until woken, with `notify` locked by the caller since its last look at the ring.
+    ///
+    /// While the driver is being unbound, the wait that started at `*since` (set on the first
+    /// bounded sleep) lasts at most [`UNBIND_GRACE_MS`]; returns `false` once that has passed.
+    fn sleep(
+        &self,
+        notify: &mut SpinLockIrqGuard<'_, ()>,
+        since: &mut Option<Instant<Monotonic>>,
+    ) -> bool {
+        // `begin_unbind` sets the flag before it takes `notify` to wake us.
+        if !self.unbinding.load(Relaxed) {
+            self.used.wait(notify);
+            return true;
+        }
+        let start = since.get_or_insert_with(Instant::now);
+        let left = Delta::from_millis(UNBIND_GRACE_MS) - start.elapsed();
+        if left.as_millis() <= 0 {
+            return false;
+        }
+        let _ = self
+            .used
+            .wait_timeout(notify, msecs_to_jiffies(left.as_millis_ceil() as u32));
+        true
     }
 
     /// Wakes the queue's waiters, after whatever they wait for happened.
@@ -263,12 +312,15 @@ struct Queue {
 /// - `live` is whether the queues exist. While they do, `queues[i].vq` is queue `i` of `dev`, or
 ///   null if unused; while they do not, every `vq` is null. Every token in a queue comes from
 ///   `into_raw` of the type in `queues[i].info.buffer`.
-/// - `handler` and `slots` are initialised before the queues exist and outlive them.
+/// - `handler`, `slots` and `positions` are initialised before the queues exist and outlive
+///   them; `positions[vq->index]` is the position of `vq` in `queues`.
 #[repr(C)]
 #[pin_data(PinnedDrop)]
 pub struct Virtqueues<'a, H: Handler> {
     /// First, so that [`wake_all`] finds it through `priv` without knowing `H`.
     slots: Pin<KBox<[Slot]>>,
+    /// The position in `queues` of the queue the transport numbers `i` (`vq->index`).
+    positions: KVec<usize>,
     dev: &'a Device<device::Bound>,
     #[pin]
     handler: H,
@@ -304,6 +356,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         let same = dev.as_raw() == binding.device().as_raw();
         let dev = binding.device();
         let count = queues.len();
+        let positions = Self::positions(queues);
         let queues = KVec::with_capacity(count, GFP_KERNEL).and_then(|mut v| {
             for info in queues {
                 v.push(
@@ -321,7 +374,9 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             dev: if same { dev } else { return Err(EINVAL) },
             handler <- handler,
             slots: KBox::pin_slice(|_| Slot::new(), count, GFP_KERNEL)?,
-            // `handler` and `slots`, all a callback touches, are initialised at this point.
+            positions: positions?,
+            // `handler`, `slots` and `positions`, all a callback touches, are initialised at this
+            // point.
             queues: Self::claim(dev, queues?, this.as_ptr().cast())?,
             live: Atomic::new(true),
             fence: {
@@ -338,6 +393,15 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             },
             _pin: PhantomPinned,
         }? Error)
+    }
+
+    /// The transport's numbering of `queues`: it numbers only the named ones, in order.
+    fn positions(queues: &[QueueInfo]) -> Result<KVec<usize>> {
+        let mut v = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
+        for (i, _) in queues.iter().enumerate().filter(|(_, q)| q.name.is_some()) {
+            v.push(i, GFP_KERNEL)?;
+        }
+        Ok(v)
     }
 
     /// Makes `this` the device's queue owner and creates `queues`.
@@ -411,15 +475,23 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         // SAFETY: By the type invariants, the queue exists, so `priv` points at the
         // `Virtqueues` that created it.
         let this = unsafe { (*vdev).priv_ }.cast_const().cast::<Self>();
-        // SAFETY: By the type invariants, `handler` and `slots` are initialised and outlive the
-        // queues. Only shared references to these two fields are made: `new()` may still be
-        // writing the others.
-        let (handler, slots) = unsafe { (&*addr_of!((*this).handler), &*addr_of!((*this).slots)) };
+        // SAFETY: By the type invariants, `handler`, `slots` and `positions` are initialised and
+        // outlive the queues. Only shared references to these fields are made: `new()` may still
+        // be writing the others.
+        let (handler, slots, positions) = unsafe {
+            (
+                &*addr_of!((*this).handler),
+                &*addr_of!((*this).slots),
+                &*addr_of!((*this).positions),
+            )
+        };
 
-        if let Some(slot) = slots.get(index) {
-            slot.wake();
-        }
-        handler.used(index);
+        // The transport's index counts named queues only; the driver knows queues by position.
+        let Some(&queue) = positions.get(index) else {
+            return;
+        };
+        slots[queue].wake();
+        handler.used(queue);
     }
 
     /// Marks the driver ready (`DRIVER_OK`): the device may use the queues from now on.
@@ -571,6 +643,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         to_result(unsafe { bindings::virtqueue_add_inbuf(vq, sg, nents, token, flags.as_raw()) })?;
         // SAFETY: As above.
         unsafe { bindings::virtqueue_kick(vq) };
+        let mut since = None;
         loop {
             let mut notify = slot.notify.lock();
             let mut len = 0u32;
@@ -582,7 +655,12 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             if unsafe { bindings::virtqueue_is_broken(vq) } {
                 return Err(EIO);
             }
-            slot.used.wait(&mut notify);
+            if !slot.sleep(&mut notify, &mut since) {
+                drop(notify);
+                // SAFETY: `vq` is live, so its device is.
+                unsafe { give_up((*vq).vdev) };
+                return Err(ETIMEDOUT);
+            }
         }
     }
 
@@ -628,20 +706,67 @@ impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
 /// The transport breaks the rings of a device removed by surprise before `remove()`, and
 /// `virtio_device_shutdown()` breaks them too, but breaking a ring wakes nobody.
 pub(super) fn wake_all(dev: &Device<device::CoreInternal<'_>>) {
-    let vdev = dev.as_raw();
-    // SAFETY: `vdev` is valid. A non-null `priv` is a live `Virtqueues` (`repr(C)`, `slots` first),
-    // set under the device lock, which we hold, and cleared under `vqs_list_lock` before it is
-    // freed (`release`): it stays alive while we hold that lock.
+    // SAFETY: `dev` is a valid device.
+    unsafe { for_each_slot(dev.as_raw(), Slot::wake) };
+}
+
+/// Starts the unbind of `dev`'s driver: from now on its waits for the device are bounded (see
+/// the module documentation), and the waiters asleep now are woken to notice.
+pub(super) fn begin_unbind(dev: &Device<device::CoreInternal<'_>>) {
+    // SAFETY: `dev` is a valid device.
+    unsafe {
+        for_each_slot(dev.as_raw(), |slot| {
+            slot.unbinding.store(true, Relaxed);
+            slot.wake();
+        })
+    };
+}
+
+/// Calls `f` on each slot of `vdev`'s queues, if it has any, under `vqs_list_lock`.
+///
+/// # Safety
+///
+/// `vdev` is a valid device.
+unsafe fn for_each_slot(vdev: *mut bindings::virtio_device, f: impl Fn(&Slot)) {
+    // SAFETY: `vdev` is valid. A non-null `priv` is a live `Virtqueues` (`repr(C)`, `slots`
+    // first), cleared under `vqs_list_lock` before it is freed (`release`): it stays alive while
+    // we hold that lock.
     unsafe {
         let lock = &raw mut (*vdev).vqs_list_lock;
         bindings::spin_lock(lock);
         let slots = (*vdev).priv_.cast_const().cast::<Pin<KBox<[Slot]>>>();
         if !slots.is_null() {
             for slot in (*slots).iter() {
-                slot.wake();
+                f(slot);
             }
         }
         bindings::spin_unlock(lock);
+    }
+}
+
+/// A waiter's grace period during unbind is over and the device has not answered: breaks and
+/// resets it, so that it can no longer reach what it was lent, and wakes every waiter.
+///
+/// The unbinding thread waits for this waiter (it disables the work, or unregisters the
+/// notifier, the waiter runs in) and does not touch the device meanwhile; resetting a device
+/// twice is harmless.
+///
+/// # Safety
+///
+/// `vdev` is a valid device whose queues exist.
+unsafe fn give_up(vdev: *mut bindings::virtio_device) {
+    // SAFETY: `vdev` is valid (safety requirements), and so is its `struct device`.
+    let dev: &device::Device = unsafe { device::Device::from_raw(&raw mut (*vdev).dev) };
+    dev_warn!(
+        dev,
+        "no answer within {} ms of unbind: resetting the device\n",
+        UNBIND_GRACE_MS
+    );
+    // SAFETY: As above.
+    unsafe {
+        bindings::virtio_break_device(vdev);
+        bindings::virtio_reset_device(vdev);
+        for_each_slot(vdev, Slot::wake);
     }
 }
 
@@ -830,6 +955,7 @@ impl<B: Buffer> QueueGuard<'_, B> {
     /// queue is broken. Notifications must be enabled.
     pub fn wait_buf(&mut self) -> Result<Used<B>> {
         let slot = self.slot;
+        let mut since = None;
         loop {
             let mut notify = slot.notify.lock();
             if let Some(used) = self.get_buf() {
@@ -841,7 +967,12 @@ impl<B: Buffer> QueueGuard<'_, B> {
             if self.num_free() == self.size() {
                 return Err(ENOENT);
             }
-            slot.used.wait(&mut notify);
+            if !slot.sleep(&mut notify, &mut since) {
+                drop(notify);
+                // SAFETY: `self.vq` is live (type invariant), so its device is.
+                unsafe { give_up((*self.vq).vdev) };
+                return Err(ETIMEDOUT);
+            }
         }
     }
 

@@ -1,0 +1,338 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Both balloon drivers against the simulated virtio-balloon device
+(vdpa_sim_balloon, bound through virtio_vdpa), which answers from a worker
+after a delay, never inside the notify, and checks the guest: every frame in
+the balloon holds a pattern that must be intact when it leaves, and every
+request must make sense (tests/simdev.py). QEMU under TCG can show neither.
+
+The parity part runs with answer delays of 0, 1 ms and 50 ms. The hostile
+part makes the device misbehave; where the C driver hangs, its test is a
+strict expected failure naming the reason, and the Rust driver must end
+every wait and finish unbind (its waits are bounded once unbind starts).
+Every test ends with the device reporting no protocol error and no
+pattern violation, and every page back in the guest.
+
+The final device state of each test is written to
+build/sim-device/<test>.json.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DRIVERS, boot
+from guest import MiB, PAGE
+from simdev import (F_DEFLATE_ON_OOM, F_FREE_PAGE_HINT, F_MUST_TELL_HOST,
+                    F_REPORTING, F_STATS_VQ, FRAME, STAT_MEMTOT, SimBalloon)
+
+BALLOON_OPTS = None  # no QEMU balloon: the simulated device is the only one
+STATES = Path(__file__).resolve().parent.parent / "build" / "sim-device"
+DELAYS = {"0ms": 0, "1ms": 1000, "50ms": 50000}
+DRIVER_OK = 4
+
+C_HANGS = pytest.mark.xfail(
+    strict=True, reason="the C driver waits for ever for a buffer the device "
+    "does not return (tell_host's wait_event), and remove waits for that work")
+
+
+def frames(nbytes):
+    return nbytes // FRAME
+
+
+def save(request, st):
+    STATES.mkdir(parents=True, exist_ok=True)
+    name = request.node.name.replace("/", "_")
+    (STATES / f"{name}.json").write_text(json.dumps(st, indent=1) + "\n")
+
+
+class Bound:
+    """A simulated device with a balloon driver bound to it."""
+
+    def __init__(self, guest, which, features, delay_us=0):
+        self.guest = guest
+        self.module = DRIVERS[which]
+        self.mem0 = guest.meminfo()["MemTotal"]
+        self.sim = SimBalloon(guest, features, delay_us=delay_us)
+        guest.sh(f"insmod /modules/{self.module}.ko")
+        self.loaded = True
+        st = self.sim.wait(lambda s: s["status"] & DRIVER_OK, "DRIVER_OK", 60)
+        assert st["negotiated"] & features == features, st
+        self.free0 = guest.free_pages()
+
+    def inflate(self, nbytes, timeout=300):
+        self.sim.target(frames(nbytes))
+        st, secs = self.sim.wait_actual(frames(nbytes), timeout)
+        assert self.guest.vmstat()["nr_balloon_pages"] == nbytes // PAGE
+        return st, secs
+
+    def unload(self, timeout=120):
+        self.guest.sh(f"rmmod {self.module}", timeout=timeout)
+        self.loaded = False
+
+    def finish(self, request, timeout=120):
+        """Unbinds with whatever is in the balloon, checks every page came
+        back and the device saw nothing wrong, and deletes the device."""
+        if self.loaded:
+            self.unload(timeout)
+        st = self.sim.assert_clean()
+        assert st["frames_held"] == 0, st
+        assert st["frames_inflated"] == st["frames_deflated"], st
+        assert st["frames_checked"] >= st["frames_deflated"], st
+        save(request, st)
+        self.sim.delete(timeout)
+        self.assert_pages_back()
+        return st
+
+    def assert_pages_back(self):
+        g = self.guest
+        assert g.vmstat()["nr_balloon_pages"] == 0
+        assert g.meminfo()["MemTotal"] == self.mem0
+        # Within 16 MiB: slab and page cache move a little.
+        assert abs(g.free_pages() - self.free0) * PAGE < 16 * MiB
+
+
+@pytest.fixture
+def bound(request, guest):
+    made = []
+
+    def make(which, features, delay_us=0):
+        b = Bound(guest, which, features, delay_us)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        if b.sim.exists and guest.alive():
+            b.sim.ctl("release")
+            if b.loaded:
+                b.unload()
+            b.sim.delete()
+
+
+# -- parity ------------------------------------------------------------------
+
+@pytest.mark.parametrize("delay", DELAYS.values(), ids=DELAYS.keys())
+@pytest.mark.parametrize("which", DRIVERS)
+def test_targets_counters_and_unload(request, guest, bound, which, delay):
+    """`actual` and the balloon counters follow each target; with
+    MUST_TELL_HOST every frame leaves the balloon with its pattern intact;
+    unloading with pages in the balloon gives every one back."""
+    b = bound(which, F_MUST_TELL_HOST | F_STATS_VQ | F_REPORTING, delay)
+    step = 32 * MiB if delay >= 50000 else 256 * MiB
+    for size in (step, 2 * step, step // 2):
+        st, secs = b.inflate(size)
+        print(f"{size // MiB} MiB reached in {secs:.2f} s")
+        assert b.mem0 - b.guest.meminfo()["MemTotal"] == size // 1024
+        assert st["frames_held"] == frames(size)
+    st = b.finish(request)
+    assert st["frames_inflated"] == frames(2 * step)
+    assert st["actual"] == 0
+
+
+@pytest.mark.parametrize("delay", [1000, 50000], ids=["1ms", "50ms"])
+@pytest.mark.parametrize("which", DRIVERS)
+def test_free_page_reporting(request, guest, bound, which, delay):
+    """Freed memory is reported. With statistics on and hinting off the
+    reporting queue is the transport's queue 3 but the driver's fifth queue:
+    a callback that takes one for the other wakes the wrong waiter, which a
+    device that answers later shows as a report that never ends."""
+    b = bound(which, F_STATS_VQ | F_REPORTING, delay)
+    r0 = b.sim.state()["reported_frames"]
+    guest.sh("dd if=/dev/zero of=/dev/null bs=512M count=1 2>/dev/null", timeout=300)
+    st = b.sim.wait(lambda s: s["reported_frames"] >= r0 + frames(64 * MiB),
+                    "64 MiB reported", 120)
+    print(f"reported {(st['reported_frames'] - r0) * FRAME // MiB} MiB")
+    assert st["requests_report"] > 0
+    b.finish(request, timeout=60)
+
+
+@pytest.mark.parametrize("which", DRIVERS)
+def test_statistics(request, guest, bound, which):
+    """The device asks for statistics at its interval and keeps the last
+    values; total memory is the guest's MemTotal."""
+    b = bound(which, F_STATS_VQ, 1000)
+    b.sim.ctl("stats_interval_ms 200")
+    st = b.sim.wait(lambda s: s["stats_requests"] >= 3 and s["stats_updates"] >= 4,
+                    "three statistics rounds", 60)
+    assert st[f"stat_{STAT_MEMTOT}"] == guest.meminfo()["MemTotal"] * 1024
+    b.sim.ctl("stats_interval_ms 0")
+    b.finish(request)
+
+
+@pytest.mark.parametrize("which", DRIVERS)
+def test_compaction_migrates_balloon_pages(request, guest, bound, which):
+    """Compaction migrates balloon pages: each migration inflates the new
+    page and deflates the old one, and the old one still holds its pattern.
+    No added delay: each migration is two round trips through the worker,
+    and tens of thousands of them at 1 ms each would take minutes."""
+    b = bound(which, F_MUST_TELL_HOST)
+    avail = guest.meminfo()["MemAvailable"] * 1024
+    guest.sh(f"fragment {avail * 6 // 10 // MiB} >/tmp/frag.out 2>&1 & "
+             "echo $! >/tmp/frag.pid; "
+             "while ! grep -q ready /tmp/frag.out; do sleep 0.2; done", timeout=600)
+    size = (guest.meminfo()["MemFree"] * 1024 - 256 * MiB) // MiB * MiB
+    b.inflate(size, timeout=600)
+    guest.sh("kill $(cat /tmp/frag.pid); "
+             "while kill -0 $(cat /tmp/frag.pid) 2>/dev/null; do sleep 0.2; done")
+    m0, s0 = guest.vmstat()["balloon_migrate"], b.sim.state()
+    guest.sh("echo 1 > /proc/sys/vm/compact_memory", timeout=600)
+    migrated = guest.vmstat()["balloon_migrate"] - m0
+    st = b.sim.assert_clean()
+    print(f"balloon pages migrated: {migrated}")
+    assert migrated > 0
+    assert st["frames_held"] == frames(size)
+    assert st["frames_deflated"] - s0["frames_deflated"] >= migrated * PAGE // FRAME
+    b.finish(request)
+
+
+@pytest.mark.parametrize("which", DRIVERS)
+def test_free_page_hinting(request, guest, bound, which):
+    """A hinting round: the driver answers a new command id with hints of
+    free memory, which it keeps until the device says it is done."""
+    b = bound(which, F_FREE_PAGE_HINT, 1000)
+    free0 = guest.free_pages()
+    b.sim.ctl("hint start")
+    st = b.sim.wait(lambda s: s["hint_starts"] == 1 and s["hint_stops"] >= 1,
+                    "a hinting round", 300)
+    print(f"hinted {st['hinted_frames'] * FRAME // MiB} MiB")
+    assert st["hinted_frames"] * FRAME >= 256 * MiB
+    b.sim.ctl("hint done")
+    deadline = time.monotonic() + 60
+    while abs(guest.free_pages() - free0) * PAGE > 64 * MiB:
+        assert time.monotonic() < deadline, "the hinted memory did not come back"
+        time.sleep(0.5)
+    b.finish(request)
+
+
+@pytest.mark.parametrize("which", DRIVERS)
+def test_deflate_on_oom(request, guest, bound, which):
+    """A hog that needs more than is free completes; the balloon shrinks
+    through the deflate queue, telling the host, instead of a kill."""
+    b = bound(which, F_MUST_TELL_HOST | F_DEFLATE_ON_OOM, 1000)
+    size = (guest.meminfo()["MemAvailable"] * 1024 - 384 * MiB) // MiB * MiB
+    b.inflate(size, timeout=600)
+    kills = guest.vmstat()["oom_kill"]
+    r = guest.run("dirty 512", timeout=900, check=False)
+    assert r.rc == 0, f"the hog failed ({r.rc}): {r.out}"
+    assert guest.vmstat()["oom_kill"] == kills
+    st = b.sim.assert_clean()
+    assert st["frames_deflated"] >= frames(64 * MiB), st
+    assert st["frames_held"] == guest.vmstat()["nr_balloon_pages"] * PAGE // FRAME
+    b.finish(request)
+
+
+# -- hostile -------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", DRIVERS)
+def test_held_buffers_then_released(request, guest, bound, which):
+    """The device keeps the inflate buffer for a while: the driver waits,
+    does not claim the pages are in the balloon, and goes on once the
+    device answers."""
+    b = bound(which, F_MUST_TELL_HOST)
+    b.sim.ctl("hostile hold inflate")
+    b.sim.target(frames(64 * MiB))
+    b.sim.wait(lambda s: s["buffers_held"] >= 1, "a held buffer", 60)
+    time.sleep(3)
+    st = b.sim.state()
+    assert st["actual"] == 0 and st["buffers_held"] == 1, st
+    b.sim.ctl("release")
+    b.sim.wait_actual(frames(64 * MiB))
+    b.finish(request)
+
+
+@pytest.mark.parametrize("which", DRIVERS)
+def test_used_length_too_long(request, guest, bound, which):
+    """Every answer claims more bytes than the buffer has."""
+    b = bound(which, F_MUST_TELL_HOST | F_STATS_VQ)
+    b.sim.ctl("hostile long_len all")
+    b.sim.ctl("stats_interval_ms 200")
+    b.inflate(64 * MiB)
+    b.sim.wait(lambda s: s["stats_updates"] >= 3, "statistics", 60)
+    b.sim.ctl("stats_interval_ms 0")
+    assert b.sim.state()["hostile_answers"] > 0
+    b.finish(request)
+
+
+@pytest.mark.parametrize("which", DRIVERS)
+def test_configuration_storm(request, guest, bound, which):
+    """20000 configuration changes in a tight loop, ending at the target the
+    balloon already had."""
+    b = bound(which, F_MUST_TELL_HOST | F_STATS_VQ | F_REPORTING)
+    b.inflate(32 * MiB)
+    b.sim.ctl("storm 20000")
+    b.sim.wait_actual(frames(32 * MiB))
+    assert guest.run("echo alive").out == "alive\n"
+    b.finish(request)
+
+
+def own_guest(name):
+    return boot(name, balloon=None)
+
+
+@pytest.mark.checks_splats
+@pytest.mark.parametrize("mode", ["bad_id", "twice"])
+@pytest.mark.parametrize("which", [pytest.param("c", marks=C_HANGS), "rust"])
+def test_broken_ring(request, mode, which):
+    """The device answers an inflate with an id that was never added, or
+    answers a buffer twice. The first the ring sees (it marks itself broken);
+    the second it cannot always see: once the driver has added its next
+    buffer at the same descriptor, the second answer reads as the answer to
+    that one, and the driver goes on before the device has read it (the
+    device then counts the guest's next requests as protocol errors, which
+    it caused). Either way the driver's wait must end, the guest live on,
+    and unbind give every page back."""
+    g = own_guest(f"sim-{mode}-{which}")
+    try:
+        log0 = g.log_size()
+        b = Bound(g, which, F_MUST_TELL_HOST)
+        b.inflate(32 * MiB)
+        b.sim.ctl(f"hostile {mode} inflate")
+        b.sim.target(frames(64 * MiB))
+        b.sim.wait(lambda s: s["hostile_answers"] >= 1, "the bad answer", 60)
+        time.sleep(2)
+        assert g.run("echo alive").out == "alive\n"
+        b.unload(timeout=60)
+        # The pages came back untold (the ring is broken): the guest's own
+        # requests are held to the protocol only where the ring could tell.
+        st = b.sim.state()
+        if mode == "bad_id":
+            assert st["protocol_errors"] == 0, st
+        save(request, st)
+        b.sim.delete(timeout=60)
+        assert g.vmstat()["nr_balloon_pages"] == 0
+        assert g.meminfo()["MemTotal"] == b.mem0
+        g.sync_log()
+        hits = g.splats(log0)
+        assert not hits, "\n".join(hits)
+    finally:
+        g.close()
+
+
+@pytest.mark.checks_splats
+@pytest.mark.parametrize("which", [pytest.param("c", marks=C_HANGS), "rust"])
+def test_device_removed_while_driver_waits(request, which):
+    """Surprise removal: the device holds every buffer, then goes away
+    (vdpa dev del) while the driver waits on it. Unbind must finish within
+    a bound and every page come back."""
+    g = own_guest(f"sim-vanish-{which}")
+    try:
+        log0 = g.log_size()
+        b = Bound(g, which, F_MUST_TELL_HOST | F_STATS_VQ | F_REPORTING)
+        b.inflate(32 * MiB)
+        b.sim.ctl("hostile hold all")
+        b.sim.target(frames(64 * MiB))
+        b.sim.wait(lambda s: s["buffers_held"] >= 1, "a held buffer", 60)
+        t0 = time.monotonic()
+        b.sim.delete(timeout=30)
+        secs = time.monotonic() - t0
+        print(f"the device was removed in {secs:.1f} s")
+        assert g.vmstat()["nr_balloon_pages"] == 0
+        assert g.meminfo()["MemTotal"] == b.mem0
+        b.unload()
+        g.sync_log()
+        hits = g.splats(log0)
+        assert not hits, "\n".join(hits)
+    finally:
+        g.close()
