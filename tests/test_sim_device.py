@@ -54,6 +54,7 @@ class Bound:
         self.guest = guest
         self.module = DRIVERS[which]
         self.mem0 = guest.meminfo()["MemTotal"]
+        self.log0 = guest.log_size()
         self.sim = SimBalloon(guest, features, delay_us=delay_us)
         guest.sh(f"insmod /modules/{self.module}.ko")
         self.loaded = True
@@ -71,26 +72,28 @@ class Bound:
         self.guest.sh(f"rmmod {self.module}", timeout=timeout)
         self.loaded = False
 
-    def finish(self, request, timeout=120):
+    def finish(self, request, timeout=120, slack=16 * MiB):
         """Unbinds with whatever is in the balloon, checks every page came
         back and the device saw nothing wrong, and deletes the device."""
         if self.loaded:
             self.unload(timeout)
+        # A device that answers must never meet the unbind grace period.
+        assert "no answer within" not in self.guest.log()[self.log0:]
         st = self.sim.assert_clean()
         assert st["frames_held"] == 0, st
         assert st["frames_inflated"] == st["frames_deflated"], st
         assert st["frames_checked"] >= st["frames_deflated"], st
         save(request, st)
         self.sim.delete(timeout)
-        self.assert_pages_back()
+        self.assert_pages_back(slack)
         return st
 
-    def assert_pages_back(self):
+    def assert_pages_back(self, slack=16 * MiB):
         g = self.guest
         assert g.vmstat()["nr_balloon_pages"] == 0
         assert g.meminfo()["MemTotal"] == self.mem0
-        # Within 16 MiB: slab and page cache move a little.
-        assert abs(g.free_pages() - self.free0) * PAGE < 16 * MiB
+        # Within `slack`: slab and page cache move a little.
+        assert abs(g.free_pages() - self.free0) * PAGE < slack
 
 
 @pytest.fixture
@@ -127,7 +130,8 @@ def test_targets_counters_and_unload(request, guest, bound, which, delay):
         assert b.mem0 - b.guest.meminfo()["MemTotal"] == size // 1024
         assert st["frames_held"] == frames(size)
     st = b.finish(request)
-    assert st["frames_inflated"] == frames(2 * step)
+    # Compaction may migrate balloon pages meanwhile: each is one more.
+    assert st["frames_inflated"] >= frames(2 * step)
     assert st["actual"] == 0
 
 
@@ -139,12 +143,16 @@ def test_free_page_reporting(request, guest, bound, which, delay):
     a callback that takes one for the other wakes the wrong waiter, which a
     device that answers later shows as a report that never ends."""
     b = bound(which, F_STATS_VQ | F_REPORTING, delay)
-    r0 = b.sim.state()["reported_frames"]
-    guest.sh("dd if=/dev/zero of=/dev/null bs=512M count=1 2>/dev/null", timeout=300)
-    st = b.sim.wait(lambda s: s["reported_frames"] >= r0 + frames(64 * MiB),
-                    "64 MiB reported", 120)
-    print(f"reported {(st['reported_frames'] - r0) * FRAME // MiB} MiB")
-    assert st["requests_report"] > 0
+    # Two rounds: a first report can complete even when its answer wakes
+    # the wrong waiter (that waiter may still be awake); the second
+    # report then never starts while the first one's waiter sleeps.
+    for round in (1, 2):
+        s0 = b.sim.state()
+        guest.sh("dd if=/dev/zero of=/dev/null bs=512M count=1 2>/dev/null", timeout=300)
+        st = b.sim.wait(lambda s: s["reported_frames"] >= s0["reported_frames"] + frames(64 * MiB)
+                        and s["requests_report"] > s0["requests_report"],
+                        f"64 MiB reported in round {round}", 120)
+        print(f"round {round}: reported {(st['reported_frames'] - s0['reported_frames']) * FRAME // MiB} MiB")
     b.finish(request, timeout=60)
 
 
@@ -184,7 +192,9 @@ def test_compaction_migrates_balloon_pages(request, guest, bound, which):
     assert migrated > 0
     assert st["frames_held"] == frames(size)
     assert st["frames_deflated"] - s0["frames_deflated"] >= migrated * PAGE // FRAME
-    b.finish(request)
+    # The fragmenting process and compaction leave free memory moved about
+    # (per-CPU lists, slab): the exact observables are the balloon counters.
+    b.finish(request, slack=128 * MiB)
 
 
 @pytest.mark.parametrize("which", DRIVERS)
@@ -273,7 +283,7 @@ def own_guest(name):
 
 @pytest.mark.checks_splats
 @pytest.mark.parametrize("mode", ["bad_id", "twice"])
-@pytest.mark.parametrize("which", [pytest.param("c", marks=C_HANGS), "rust"])
+@pytest.mark.parametrize("which", ["c", "rust"])
 def test_broken_ring(request, mode, which):
     """The device answers an inflate with an id that was never added, or
     answers a buffer twice. The first the ring sees (it marks itself broken);
@@ -283,6 +293,8 @@ def test_broken_ring(request, mode, which):
     device then counts the guest's next requests as protocol errors, which
     it caused). Either way the driver's wait must end, the guest live on,
     and unbind give every page back."""
+    if which == "c" and mode == "bad_id":
+        request.applymarker(C_HANGS)
     g = own_guest(f"sim-{mode}-{which}")
     try:
         log0 = g.log_size()

@@ -572,8 +572,8 @@ static void vb_stats_tick(struct work_struct *work)
 		vb->c.stats_requests++;
 		vb_answer(vb, vq, VB_STATS, vb->stats_head, 0);
 	}
-	schedule_delayed_work(&vb->stats_work,
-			      msecs_to_jiffies(vb->stats_interval_ms));
+	queue_delayed_work(system_dfl_wq, &vb->stats_work,
+			   msecs_to_jiffies(vb->stats_interval_ms));
 out:
 	mutex_unlock(&sim->mutex);
 }
@@ -779,7 +779,7 @@ static ssize_t vb_control_write(struct file *file, const char __user *ubuf,
 		vb->stats_interval_ms = val;
 		mutex_unlock(&sim->mutex);
 		if (val)
-			mod_delayed_work(system_wq, &vb->stats_work, 0);
+			mod_delayed_work(system_dfl_wq, &vb->stats_work, 0);
 	} else if (!strcmp(cmd, "storm")) {
 		u32 base;
 
