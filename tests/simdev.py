@@ -86,6 +86,24 @@ class SimBalloon:
                        f"actual {frames}", timeout)
         return st, time.monotonic() - t0
 
+    def wait_settled(self, timeout=900, settle=20):
+        """Waits until `actual` has not moved for `settle` seconds; returns
+        the state then and the seconds it took."""
+        t0 = time.monotonic()
+        last, since = None, t0
+        while True:
+            st = self.state()
+            now = time.monotonic()
+            if st["actual"] != last:
+                last, since = st["actual"], now
+            elif now - since >= settle:
+                return st, now - t0
+            if now - t0 > timeout:
+                raise TimeoutError(f"actual still moving after {timeout} s: {st}")
+            if not self.guest.alive():
+                raise GuestError("QEMU died while the balloon settled")
+            time.sleep(0.5)
+
     def assert_clean(self, st=None):
         """The guest kept every promise: no protocol error, no frame written
         while in the balloon."""

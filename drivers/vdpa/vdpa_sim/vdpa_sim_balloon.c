@@ -36,6 +36,7 @@
 #include <linux/delay.h>
 #include <linux/highmem.h>
 #include <linux/kasan.h>
+#include <linux/memory_hotplug.h>
 #include <linux/mmzone.h>
 #include <linux/module.h>
 #include <linux/seq_file.h>
@@ -207,26 +208,42 @@ static u8 vb_pattern(unsigned long pfn)
 }
 
 /*
- * Maps 4 KiB frame @pfn of guest memory, or returns NULL if it is not RAM.
+ * Maps 4 KiB frame @pfn of guest memory, or returns NULL if it is not RAM
+ * this device may touch.
+ *
+ * A frame number is this kernel's own memory only while the IOTLB passes
+ * through (virtio_vdpa, a driver without ACCESS_PLATFORM); a vhost-vdpa user
+ * maps addresses of its own, and no number it sends may reach the host's
+ * memory. The IOTLB lock holds the mapping until vb_unmap(). Reserved pages
+ * (kernel image, firmware) are never balloon pages: refused.
+ *
  * Until vb_unmap(), KASAN looks away: a host reads and writes guest memory
  * whatever the guest's allocator thinks of it, and finding out what the
  * guest did with a frame (freed it untold, say) is the point of the check.
  */
 static void *vb_map(struct vdpasim_balloon *vb, unsigned long pfn)
 {
-	unsigned long page = pfn / VB_FRAMES_PER_PAGE;
+	struct vdpasim *vdpasim = &vb->vdpasim;
+	struct page *page = NULL;
 
-	if (pfn >= vb->nframes || !pfn_valid(page))
+	if (pfn >= vb->nframes)
 		return NULL;
+	spin_lock(&vdpasim->iommu_lock);
+	if (vdpasim->iommu_pt[0])
+		page = pfn_to_online_page(pfn / VB_FRAMES_PER_PAGE);
+	if (!page || PageReserved(page)) {
+		spin_unlock(&vdpasim->iommu_lock);
+		return NULL;
+	}
 	kasan_disable_current();
-	return kmap_local_page(pfn_to_page(page)) +
-	       (pfn % VB_FRAMES_PER_PAGE) * VB_FRAME;
+	return kmap_local_page(page) + (pfn % VB_FRAMES_PER_PAGE) * VB_FRAME;
 }
 
-static void vb_unmap(void *va)
+static void vb_unmap(struct vdpasim_balloon *vb, void *va)
 {
 	kunmap_local(va);
 	kasan_enable_current();
+	spin_unlock(&vb->vdpasim.iommu_lock);
 }
 
 /* Checks that frame @pfn still holds its pattern as it leaves the balloon. */
@@ -255,7 +272,7 @@ static void vb_check(struct vdpasim_balloon *vb, unsigned long pfn, const char *
 					     pfn, off, got, want, why);
 		}
 	}
-	vb_unmap(va);
+	vb_unmap(vb, va);
 }
 
 static void vb_inflate_frame(struct vdpasim_balloon *vb, unsigned long pfn)
@@ -273,7 +290,7 @@ static void vb_inflate_frame(struct vdpasim_balloon *vb, unsigned long pfn)
 		vb->held++;
 		vb->c.frames_inflated++;
 	}
-	vb_unmap(va);
+	vb_unmap(vb, va);
 }
 
 static void vb_deflate_frame(struct vdpasim_balloon *vb, unsigned long pfn)
@@ -612,11 +629,12 @@ static void vdpasim_balloon_get_config(struct vdpasim *sim, void *config)
 	struct vdpasim_balloon *vb = sim_to_vb(sim);
 	struct virtio_balloon_config *cfg = config;
 
+	/* The balloon's configuration is little-endian, legacy devices too. */
 	spin_lock(&vb->lock);
-	cfg->num_pages = cpu_to_vdpasim32(sim, vb->num_pages);
-	cfg->actual = cpu_to_vdpasim32(sim, vb->actual);
-	cfg->free_page_hint_cmd_id = cpu_to_vdpasim32(sim, vb->cmd_id);
-	cfg->poison_val = cpu_to_vdpasim32(sim, vb->poison_val);
+	cfg->num_pages = cpu_to_le32(vb->num_pages);
+	cfg->actual = cpu_to_le32(vb->actual);
+	cfg->free_page_hint_cmd_id = cpu_to_le32(vb->cmd_id);
+	cfg->poison_val = cpu_to_le32(vb->poison_val);
 	spin_unlock(&vb->lock);
 }
 
@@ -627,8 +645,8 @@ static void vdpasim_balloon_set_config(struct vdpasim *sim, const void *config)
 
 	/* The driver writes actual and poison_val; the rest is the device's. */
 	spin_lock(&vb->lock);
-	vb->actual = vdpasim32_to_cpu(sim, cfg->actual);
-	vb->poison_val = vdpasim32_to_cpu(sim, cfg->poison_val);
+	vb->actual = le32_to_cpu(cfg->actual);
+	vb->poison_val = le32_to_cpu(cfg->poison_val);
 	spin_unlock(&vb->lock);
 }
 
@@ -898,11 +916,12 @@ static void vdpasim_balloon_dev_del(struct vdpa_mgmt_dev *mdev,
 	/* The driver is unbound once this returns; keep the device until after. */
 	get_device(&dev->dev);
 	_vdpa_unregister_device(dev);
+	/* No control write runs after this, so nothing arms the work again. */
+	debugfs_remove_recursive(vb->debugfs);
 	mutex_lock(&simdev->mutex);
 	vb->gone = true;
 	mutex_unlock(&simdev->mutex);
 	cancel_delayed_work_sync(&vb->stats_work);
-	debugfs_remove_recursive(vb->debugfs);
 	put_device(&dev->dev);
 }
 

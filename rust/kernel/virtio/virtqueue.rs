@@ -29,13 +29,19 @@
 //!   it, so after an unused queue it is not the queue's position in the driver's list. The
 //!   callback maps one to the other through a table made before `find_vqs`.
 //!
-//! # Waiting during unbind
+//! # Waiting, broken rings and reset
 //!
 //! A wait for the device normally lasts until the device answers: the device is trusted to, and
-//! may take its time. Once the driver is being unbound, a wait lasts at most
-//! [`UNBIND_GRACE_MS`]: a device that has not answered by then is broken and reset (so it can no
-//! longer reach the memory it was lent), every waiter is woken, and the wait fails with
-//! `ETIMEDOUT`. Unbind therefore finishes whatever the device does.
+//! may take its time. Once the driver is being unbound, every wait ends at most
+//! [`UNBIND_GRACE_MS`] after the unbind started: a device that has not answered by then is
+//! broken and reset, every waiter is woken, and the wait fails with `ETIMEDOUT`. Unbind
+//! therefore finishes whatever the device does.
+//!
+//! A broken ring is not a stopped device: the device may still read and write what it was lent
+//! (a bogus used id breaks the ring, and the device goes on). So a wait that finds its ring
+//! broken resets the device before it returns `EIO`, and only then may its caller reuse the
+//! memory. The first waiter to need it resets the device, under a mutex, and the others find it
+//! done; the queues' deletion resets it again whatever the waiters did.
 
 use super::Device;
 use crate::{
@@ -62,8 +68,8 @@ use crate::{
     },
     time::{
         msecs_to_jiffies,
+        ClockSource,
         Delta,
-        Instant,
         Monotonic, //
     },
 };
@@ -229,8 +235,13 @@ pub trait Handler: Sync {
 /// For drivers that only wait for their buffers.
 impl Handler for () {}
 
-/// How long, in milliseconds, a wait for the device may last once the driver is being unbound.
+/// How long, in milliseconds, waits for the device may last once the driver's unbind has started.
 pub const UNBIND_GRACE_MS: i64 = 1000;
+
+/// The monotonic clock, in nanoseconds.
+fn now_ns() -> i64 {
+    <Monotonic as ClockSource>::ktime_get()
+}
 
 /// The per-queue state the interrupt handler reaches.
 #[pin_data]
@@ -243,8 +254,8 @@ struct Slot {
     notify: SpinLockIrq<()>,
     #[pin]
     used: CondVar,
-    /// Whether the driver is being unbound: waits are bounded from then on.
-    unbinding: Atomic<bool>,
+    /// When waits end (monotonic nanoseconds) because the driver is being unbound; 0 before.
+    deadline: Atomic<i64>,
 }
 
 impl Slot {
@@ -253,27 +264,23 @@ impl Slot {
             ring <- new_mutex!(()),
             notify <- new_spinlock_irq!(()),
             used <- new_condvar!(),
-            unbinding: Atomic::new(false),
+            deadline: Atomic::new(0),
         }? Error)
     }
 
     /// Sleeps until woken, with `notify` locked by the caller since its last look at the ring.
     ///
-    /// While the driver is being unbound, the wait that started at `*since` (set on the first
-    /// bounded sleep) lasts at most [`UNBIND_GRACE_MS`]; returns `false` once that has passed.
-    fn sleep(
-        &self,
-        notify: &mut SpinLockIrqGuard<'_, ()>,
-        since: &mut Option<Instant<Monotonic>>,
-    ) -> bool {
-        // `begin_unbind` sets the flag before it takes `notify` to wake us.
-        if !self.unbinding.load(Relaxed) {
+    /// Once the driver is being unbound, sleeps at most until the unbind's deadline, and returns
+    /// `false` when that has passed.
+    fn sleep(&self, notify: &mut SpinLockIrqGuard<'_, ()>) -> bool {
+        // `begin_unbind` sets the deadline before it takes `notify` to wake us.
+        let deadline = self.deadline.load(Relaxed);
+        if deadline == 0 {
             self.used.wait(notify);
             return true;
         }
-        let start = since.get_or_insert_with(Instant::now);
-        let left = Delta::from_millis(UNBIND_GRACE_MS) - start.elapsed();
-        if left.as_millis() <= 0 {
+        let left = Delta::from_nanos(deadline - now_ns());
+        if left.as_nanos() <= 0 {
             return false;
         }
         let _ = self
@@ -287,6 +294,55 @@ impl Slot {
         // A waiter holds `notify` from its last look at the ring until it sleeps.
         drop(self.notify.lock());
         self.used.notify_all();
+    }
+}
+
+/// Resets the device for the waiters of its queues, once per life of the queues.
+///
+/// A waiter whose ring broke, or whose unbind deadline passed, must not return before the device
+/// is stopped (see the module documentation). Waiters of several queues may find that at once,
+/// and the queues' deletion may be resetting the device too: the mutex orders them, and whoever
+/// comes after a reset finds it done.
+#[pin_data]
+struct Quiesce {
+    /// Whether the device was reset since the queues were created.
+    #[pin]
+    done: Mutex<bool>,
+}
+
+impl Quiesce {
+    fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            done <- new_mutex!(false),
+        })
+    }
+
+    /// Breaks and resets `vdev`, unless that was done for the waiters already or `always`; then
+    /// wakes every waiter, which finds its ring broken.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` is a valid device whose queues exist.
+    unsafe fn reset(&self, vdev: *mut bindings::virtio_device, always: bool) {
+        let mut done = self.done.lock();
+        if always || !*done {
+            // SAFETY: `vdev` is a valid device with queues (safety requirements). Breaking the
+            // rings first makes every ring operation fail from now on; the reset stops the
+            // device and waits for its callbacks (`virtio_reset_device()`).
+            unsafe {
+                bindings::virtio_break_device(vdev);
+                bindings::virtio_reset_device(vdev);
+            }
+            *done = true;
+        }
+        drop(done);
+        // SAFETY: `vdev` is valid.
+        unsafe { for_each_slot(vdev, Slot::wake) };
+    }
+
+    /// The queues were created again: the next broken ring needs a reset of its own.
+    fn rearm(&self) {
+        *self.done.lock() = false;
     }
 }
 
@@ -324,6 +380,8 @@ pub struct Virtqueues<'a, H: Handler> {
     dev: &'a Device<device::Bound>,
     #[pin]
     handler: H,
+    #[pin]
+    quiesce: Quiesce,
     queues: KVec<Queue>,
     live: Atomic<bool>,
     fence: Option<UnbindFence>,
@@ -375,6 +433,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             handler <- handler,
             slots: KBox::pin_slice(|_| Slot::new(), count, GFP_KERNEL)?,
             positions: positions?,
+            quiesce <- Quiesce::new(),
             // `handler`, `slots` and `positions`, all a callback touches, are initialised at this
             // point.
             queues: Self::claim(dev, queues?, this.as_ptr().cast())?,
@@ -530,15 +589,11 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             return;
         }
         let vdev = self.dev.as_raw();
+        // Only with the device reset may a waiter return and its caller reuse the memory the
+        // device had; `reset` wakes them once it is. Whatever a waiter did, reset again here:
+        // a driver may have set the device up since.
         // SAFETY: `vdev` is a valid device with queues (`live`).
-        unsafe { bindings::virtio_break_device(vdev) };
-        // SAFETY: As above.
-        unsafe { bindings::virtio_reset_device(vdev) };
-        // Only now, with the device reset, may a waiter return and its caller reuse the memory
-        // the device had.
-        for slot in self.slots.iter() {
-            slot.wake();
-        }
+        unsafe { self.quiesce.reset(vdev, true) };
         for (queue, slot) in self.queues.iter().zip(self.slots.iter()) {
             // Waiters have left: the ring is broken.
             let _ring = slot.ring.lock();
@@ -594,6 +649,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             let _ring = slot.ring.lock();
             queue.vq.store(vq, Relaxed);
         }
+        self.quiesce.rearm();
         self.live.store(true, Relaxed);
         Ok(())
     }
@@ -618,10 +674,11 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     ///
     /// Waiting is what lets a borrow be lent: `mem` is borrowed for exactly as long as the
     /// device may use it. Fails with `EINVAL` if the queue is not a [`QueueInfo::lending`] one
-    /// with notifications, with `ENODEV` while the queues are frozen, and with `EIO` if the ring
-    /// is broken when the wait starts or wakes up (remove, shutdown and freeze wake waiters for
-    /// this). Returning on a broken ring assumes, as all of virtio does, that a broken ring's
-    /// device no longer accesses guest memory through it.
+    /// with notifications, with `ENODEV` while the queues are frozen, with `EIO` if the ring is
+    /// broken when the wait starts or wakes up (remove, shutdown and freeze wake waiters for
+    /// this), and with `ETIMEDOUT` if the unbind deadline passes. In every case the device no
+    /// longer has `mem` when this returns: on a broken ring or a deadline the device is reset
+    /// first (see the module documentation).
     pub fn lend_and_wait(&self, index: usize, mem: &impl Lend, flags: Flags) -> Result {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
         let info = queue.info;
@@ -643,7 +700,6 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         to_result(unsafe { bindings::virtqueue_add_inbuf(vq, sg, nents, token, flags.as_raw()) })?;
         // SAFETY: As above.
         unsafe { bindings::virtqueue_kick(vq) };
-        let mut since = None;
         loop {
             let mut notify = slot.notify.lock();
             let mut len = 0u32;
@@ -652,15 +708,17 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
                 return Ok(());
             }
             // SAFETY: As above.
-            if unsafe { bindings::virtqueue_is_broken(vq) } {
-                return Err(EIO);
-            }
-            if !slot.sleep(&mut notify, &mut since) {
-                drop(notify);
-                // SAFETY: `vq` is live, so its device is.
-                unsafe { give_up((*vq).vdev) };
-                return Err(ETIMEDOUT);
-            }
+            let err = if unsafe { bindings::virtqueue_is_broken(vq) } {
+                EIO
+            } else if !slot.sleep(&mut notify) {
+                ETIMEDOUT
+            } else {
+                continue;
+            };
+            drop(notify);
+            // SAFETY: `vq` is live, so its device is, with queues.
+            unsafe { stop((*vq).vdev, &self.quiesce, err) };
+            return Err(err);
         }
     }
 
@@ -684,6 +742,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             _ring: ring,
             vq,
             slot,
+            quiesce: &self.quiesce,
             hints: queue.info.hints,
             _buffer: PhantomData,
         })
@@ -710,13 +769,16 @@ pub(super) fn wake_all(dev: &Device<device::CoreInternal<'_>>) {
     unsafe { for_each_slot(dev.as_raw(), Slot::wake) };
 }
 
-/// Starts the unbind of `dev`'s driver: from now on its waits for the device are bounded (see
-/// the module documentation), and the waiters asleep now are woken to notice.
+/// Starts the unbind of `dev`'s driver: from now on its waits for the device end within
+/// [`UNBIND_GRACE_MS`] (see the module documentation), and the waiters asleep now are woken to
+/// notice.
 pub(super) fn begin_unbind(dev: &Device<device::CoreInternal<'_>>) {
+    // Never 0, which means no deadline.
+    let deadline = (now_ns() + UNBIND_GRACE_MS * 1_000_000).max(1);
     // SAFETY: `dev` is a valid device.
     unsafe {
         for_each_slot(dev.as_raw(), |slot| {
-            slot.unbinding.store(true, Relaxed);
+            slot.deadline.store(deadline, Relaxed);
             slot.wake();
         })
     };
@@ -744,30 +806,25 @@ unsafe fn for_each_slot(vdev: *mut bindings::virtio_device, f: impl Fn(&Slot)) {
     }
 }
 
-/// A waiter's grace period during unbind is over and the device has not answered: breaks and
-/// resets it, so that it can no longer reach what it was lent, and wakes every waiter.
-///
-/// The unbinding thread waits for this waiter (it disables the work, or unregisters the
-/// notifier, the waiter runs in) and does not touch the device meanwhile; resetting a device
-/// twice is harmless.
+/// A wait ends without its buffer, with `err`: `EIO` for a broken ring, `ETIMEDOUT` for the
+/// unbind deadline. Stops the device (see [`Quiesce`]) so that it can no longer reach what it
+/// was lent, and wakes every other waiter.
 ///
 /// # Safety
 ///
-/// `vdev` is a valid device whose queues exist.
-unsafe fn give_up(vdev: *mut bindings::virtio_device) {
-    // SAFETY: `vdev` is valid (safety requirements), and so is its `struct device`.
-    let dev: &device::Device = unsafe { device::Device::from_raw(&raw mut (*vdev).dev) };
-    dev_warn!(
-        dev,
-        "no answer within {} ms of unbind: resetting the device\n",
-        UNBIND_GRACE_MS
-    );
-    // SAFETY: As above.
-    unsafe {
-        bindings::virtio_break_device(vdev);
-        bindings::virtio_reset_device(vdev);
-        for_each_slot(vdev, Slot::wake);
+/// `vdev` is a valid device whose queues exist, and `quiesce` belongs to them.
+unsafe fn stop(vdev: *mut bindings::virtio_device, quiesce: &Quiesce, err: Error) {
+    if err == ETIMEDOUT {
+        // SAFETY: `vdev` is valid (safety requirements), and so is its `struct device`.
+        let dev: &device::Device = unsafe { device::Device::from_raw(&raw mut (*vdev).dev) };
+        dev_warn!(
+            dev,
+            "no answer within {} ms of unbind: resetting the device\n",
+            UNBIND_GRACE_MS
+        );
     }
+    // SAFETY: By the safety requirements.
+    unsafe { quiesce.reset(vdev, false) };
 }
 
 /// Breaks the queues the driver leaked, once its data is gone (after `remove()` or a failed
@@ -834,6 +891,7 @@ pub struct QueueGuard<'a, B: Buffer> {
     _ring: MutexGuard<'a, ()>,
     vq: *mut bindings::virtqueue,
     slot: &'a Slot,
+    quiesce: &'a Quiesce,
     hints: bool,
     _buffer: PhantomData<B>,
 }
@@ -951,28 +1009,30 @@ impl<B: Buffer> QueueGuard<'_, B> {
 
     /// Sleeps until the device has used a buffer, and takes it back.
     ///
-    /// Fails with `ENOENT` if the device holds no buffer of this queue, and with `EIO` if the
-    /// queue is broken. Notifications must be enabled.
+    /// Fails with `ENOENT` if the device holds no buffer of this queue, with `EIO` if the queue
+    /// is broken, and with `ETIMEDOUT` if the unbind deadline passes; in the last two cases the
+    /// device is reset first (see the module documentation). Notifications must be enabled.
     pub fn wait_buf(&mut self) -> Result<Used<B>> {
         let slot = self.slot;
-        let mut since = None;
         loop {
             let mut notify = slot.notify.lock();
             if let Some(used) = self.get_buf() {
                 return Ok(used);
             }
-            if self.is_broken() {
-                return Err(EIO);
-            }
-            if self.num_free() == self.size() {
+            let err = if self.is_broken() {
+                EIO
+            } else if self.num_free() == self.size() {
                 return Err(ENOENT);
-            }
-            if !slot.sleep(&mut notify, &mut since) {
-                drop(notify);
-                // SAFETY: `self.vq` is live (type invariant), so its device is.
-                unsafe { give_up((*self.vq).vdev) };
-                return Err(ETIMEDOUT);
-            }
+            } else if !slot.sleep(&mut notify) {
+                ETIMEDOUT
+            } else {
+                continue;
+            };
+            drop(notify);
+            // SAFETY: `self.vq` is live (type invariant), so its device is, with queues, and
+            // `self.quiesce` belongs to them.
+            unsafe { stop((*self.vq).vdev, self.quiesce, err) };
+            return Err(err);
         }
     }
 
