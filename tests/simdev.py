@@ -86,14 +86,16 @@ class SimBalloon:
                        f"actual {frames}", timeout)
         return st, time.monotonic() - t0
 
-    def wait_settled(self, timeout=900, settle=20):
-        """Waits until `actual` has not moved for `settle` seconds; returns
-        the state then and the seconds it took."""
+    def wait_settled(self, timeout=900, settle=20, stop=None):
+        """Waits until `actual` has not moved for `settle` seconds, or until
+        stop(state); returns the state then and the seconds it took."""
         t0 = time.monotonic()
         last, since = None, t0
         while True:
             st = self.state()
             now = time.monotonic()
+            if stop and stop(st):
+                return st, now - t0
             if st["actual"] != last:
                 last, since = st["actual"], now
             elif now - since >= settle:

@@ -60,7 +60,7 @@ class Bound:
         self.loaded = True
         st = self.sim.wait(lambda s: s["status"] & DRIVER_OK, "DRIVER_OK", 60)
         assert st["negotiated"] & features == features, st
-        self.free0, self.info0 = guest.free_pages(), guest.meminfo()
+        self.free0, self.info0 = self.quiet_free()[1], guest.meminfo()
 
     def inflate(self, nbytes, timeout=300):
         self.sim.target(frames(nbytes))
@@ -68,18 +68,38 @@ class Bound:
         assert self.guest.vmstat()["nr_balloon_pages"] == nbytes // PAGE
         return st, secs
 
-    def unload(self, timeout=120):
+    def unload(self, timeout=120, check=True):
         """Unloads the driver; every page the balloon held is free after."""
         g = self.guest
-        held, free = g.vmstat()["nr_balloon_pages"], g.free_pages()
+        if not check:
+            g.sh(f"rmmod {self.module}", timeout=timeout)
+            self.loaded = False
+            return
+        held, free = self.quiet_free()
+        slab = g.meminfo()["Slab"]
         g.sh(f"rmmod {self.module}", timeout=timeout)
         self.loaded = False
         # Across the unload alone little else moves: a leak of the
         # balloon's pages shows here even where the whole test's drift
-        # (slab, KASAN's quarantine, page cache) hides it.
-        gained = g.free_pages() - free
-        assert gained * PAGE > held * PAGE - 4 * MiB, (
+        # hides it. Slab growth meanwhile (KASAN's quarantine) is counted
+        # as freed; a little else (page tables, per-CPU lists) may move.
+        gained = g.free_pages() - free + (g.meminfo()["Slab"] - slab) * 1024 // PAGE
+        assert gained * PAGE > held * PAGE - 4 * MiB - held * PAGE // 256, (
             f"{held} pages in the balloon, {gained} free pages gained by unload")
+
+    def quiet_free(self, timeout=30):
+        """The balloon's size and the free pages, read when no free page
+        report is in flight: the reporting core takes the pages it reports
+        off the free lists until the device answers."""
+        g, deadline = self.guest, time.monotonic() + timeout
+        while True:
+            st0 = self.sim.state()
+            held, free = g.vmstat()["nr_balloon_pages"], g.free_pages()
+            st = self.sim.state()
+            if st["requests_report"] == st0["requests_report"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        return held, free
 
     def finish(self, request, timeout=120, slack=32 * MiB):
         """Unbinds with whatever is in the balloon, checks every page came
@@ -128,7 +148,7 @@ def bound(request, guest):
         if b.sim.exists and guest.alive():
             b.sim.ctl("release")
             if b.loaded:
-                b.unload()
+                b.unload(check=False)
             b.sim.delete()
 
 
@@ -300,28 +320,45 @@ def test_configuration_storm(request, guest, bound, which):
 def test_absurd_target(request, guest, bound, which, target):
     """The device asks for 0xffffffff frames (16 TiB), or for one frame less
     than the guest's RAM. With deflate-on-oom the guest lives on: the balloon
-    takes what the guest can spare and stops, with no OOM kill, and unload
-    gives every page back. (Without deflate-on-oom the C driver starves the
-    guest: test_absurd_target.py keeps that on record.)"""
+    takes most of the guest's memory, with no OOM kill, and unload gives
+    every page back. Then the balloon must have settled: the Rust driver
+    stops short of the guest's last memory; the C driver fights the OOM
+    notifier (it inflates again, every 200 ms, what deflate-on-oom gave
+    back: balloon-reference.md, deflate-on-oom), a strict expected failure.
+    (Without deflate-on-oom the C driver starves the guest:
+    test_absurd_target.py keeps that on record.)"""
     b = bound(which, F_MUST_TELL_HOST | F_DEFLATE_ON_OOM)
     ram = guest.ram_bytes()
     kills = guest.vmstat()["oom_kill"]
     b.sim.target(0xffffffff if target == "16TiB" else frames(ram) - 1)
-    st, secs = b.sim.wait_settled()
-    print(f"the balloon settled at {st['actual'] * FRAME // MiB} MiB "
-          f"of {ram // MiB} MiB after {secs:.0f} s")
+    # Grown as far as it goes: settled, or fighting the OOM notifier.
+    st, secs = b.sim.wait_settled(
+        timeout=600, settle=20,
+        stop=lambda s: s["requests_deflate"] > 0 and s["actual"] * FRAME > ram // 2)
+    print(f"the balloon reached {st['actual'] * FRAME // MiB} MiB "
+          f"of {ram // MiB} MiB in {secs:.0f} s")
     assert st["actual"] * FRAME > ram // 2, st
-    assert st["frames_held"] == st["actual"], st
+    t0, window = time.monotonic(), 30
     for _ in range(3):
         assert guest.run("echo alive", timeout=60).out == "alive\n"
+    time.sleep(max(0, window - (time.monotonic() - t0)))
+    st1 = b.sim.assert_clean()
     assert guest.vmstat()["oom_kill"] == kills
     # With deflate-on-oom ballooned pages stay part of MemTotal.
     assert guest.meminfo()["MemTotal"] == b.mem0
     b.finish(request, timeout=600)
+    fought = st1["requests_deflate"] - st["requests_deflate"]
+    moved = st1["actual"] - st["actual"]
+    print(f"in {window} s after: {fought} deflate requests, actual moved by {moved} frames")
+    if which == "c":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "the C driver fights deflate-on-oom: it inflates again what the "
+            "OOM notifier gave back")))
+    assert fought == 0 and moved == 0, (st, st1)
 
 
-def own_guest(name):
-    return boot(name, balloon=None)
+def own_guest(name, append=""):
+    return boot(name, balloon=None, append=append)
 
 
 @pytest.mark.checks_splats
@@ -338,7 +375,9 @@ def test_broken_ring(request, mode, which):
     and unbind give every page back."""
     if which == "c" and mode == "bad_id":
         request.applymarker(C_HANGS)
-    g = own_guest(f"sim-{mode}-{which}")
+    # init_on_free: a page freed while the device still has it is written
+    # at once, so the pattern check sees any such page.
+    g = own_guest(f"sim-{mode}-{which}", append="init_on_free=1")
     try:
         log0 = g.log_size()
         b = Bound(g, which, F_MUST_TELL_HOST)
@@ -370,10 +409,12 @@ def test_broken_ring(request, mode, which):
 
 @pytest.mark.checks_splats
 @pytest.mark.parametrize("which", [pytest.param("c", marks=C_HANGS), "rust"])
-def test_device_removed_while_driver_waits(request, which):
-    """Surprise removal: the device holds every buffer, then goes away
-    (vdpa dev del) while the driver waits on it. Unbind must finish within
-    a bound and every page come back."""
+def test_dead_device_deleted_while_driver_waits(request, which):
+    """The device stops answering (it holds every buffer), then is deleted
+    (vdpa dev del, an orderly removal) while the driver waits on it. Unbind
+    must finish within a bound, and every page come back. (A surprise
+    removal, where the transport breaks the rings before remove, is the
+    bad_id case: a broken ring, then unbind.)"""
     g = own_guest(f"sim-vanish-{which}")
     try:
         log0 = g.log_size()
@@ -382,13 +423,20 @@ def test_device_removed_while_driver_waits(request, which):
         b.sim.ctl("hostile hold all")
         b.sim.target(frames(64 * MiB))
         b.sim.wait(lambda s: s["buffers_held"] >= 1, "a held buffer", 60)
+        held, free = g.vmstat()["nr_balloon_pages"], g.free_pages()
         t0 = time.monotonic()
         b.sim.delete(timeout=30)
         secs = time.monotonic() - t0
         print(f"the device was removed in {secs:.1f} s")
+        # The grace period is 5 s, once: the reset device fails the
+        # deflates that follow at once.
+        assert secs < 20
+        assert "no answer within 5000 ms of unbind" in g.log()[log0:]
         assert g.vmstat()["nr_balloon_pages"] == 0
         assert g.meminfo()["MemTotal"] == b.mem0
-        b.unload()
+        gained = g.free_pages() - free
+        assert gained * PAGE > held * PAGE - 4 * MiB, (held, gained)
+        b.unload(check=False)
         g.sync_log()
         hits = g.splats(log0)
         assert not hits, "\n".join(hits)

@@ -168,7 +168,9 @@ impl<T: Driver + 'static> Adapter<T> {
             // SAFETY: As above.
             let binding = unsafe { Binding::new(bound) };
             let data = KBox::pin_init(Private::<T>::new(vdev, T::probe(dev, binding)), GFP_KERNEL)
-                .inspect_err(|_| virtqueue::quiesce_leaked(dev))?;
+                .inspect_err(|_| {
+                    virtqueue::quiesce_leaked(dev);
+                })?;
 
             Private::publish(dev.as_ref(), data);
             // Work scheduled during probe was not queued (see `Device::schedule_work`).
@@ -204,8 +206,9 @@ impl<T: Driver + 'static> Adapter<T> {
         drop(unsafe { Private::<T>::unpublish(dev.as_ref()) });
 
         // `virtio_dev_remove()` checks that the device is reset as soon as we return.
-        dev.reset();
-        virtqueue::quiesce_leaked(dev);
+        if !virtqueue::quiesce_leaked(dev) {
+            dev.reset();
+        }
         // A `schedule_work()` that raced `disable_work()` may have taken the wakeup source after
         // it was let go; nothing can schedule work any more.
         dev.relax();
@@ -244,12 +247,9 @@ impl<T: Driver + 'static> Adapter<T> {
             T::shutdown(dev, private.data());
         }
 
-        // What the virtio core does for a driver without shutdown: break the rings, wait for
-        // callbacks, reset.
-        // SAFETY: `vdev` is a valid `struct virtio_device`.
-        unsafe { bindings::virtio_device_shutdown(vdev) };
-        // Whoever still waited on a ring returns, with `EIO`.
-        virtqueue::wake_all(dev);
+        // What the virtio core does for a driver without shutdown (break the rings, wait for
+        // callbacks, reset); whoever still waited on a ring returns, with `EIO`.
+        virtqueue::shutdown(dev);
     }
 
     #[cfg(CONFIG_PM_SLEEP)]

@@ -40,6 +40,7 @@
 #include <linux/mmzone.h>
 #include <linux/module.h>
 #include <linux/seq_file.h>
+#include <linux/uaccess.h>
 #include <linux/vdpa.h>
 #include <linux/vmalloc.h>
 #include <linux/vringh.h>
@@ -211,11 +212,15 @@ static u8 vb_pattern(unsigned long pfn)
  * Maps 4 KiB frame @pfn of guest memory, or returns NULL if it is not RAM
  * this device may touch.
  *
- * A frame number is this kernel's own memory only while the IOTLB passes
- * through (virtio_vdpa, a driver without ACCESS_PLATFORM); a vhost-vdpa user
- * maps addresses of its own, and no number it sends may reach the host's
- * memory. The IOTLB lock holds the mapping until vb_unmap(). Reserved pages
- * (kernel image, firmware) are never balloon pages: refused.
+ * A frame number names this kernel's own memory only while the IOTLB passes
+ * through and no user address space is bound: that is how virtio_vdpa runs
+ * a driver without ACCESS_PLATFORM. Through vhost-vdpa a user either maps
+ * its own addresses (the pass-through ends) or binds its address space
+ * (mm_bound), and then no frame number it sends is used. A vhost-vdpa user
+ * that does neither already has the simulator read and write the physical
+ * addresses it names for its rings, so frame numbers give it nothing more.
+ * The IOTLB lock holds the mapping until vb_unmap(). Reserved pages (kernel
+ * image, firmware) are never balloon pages: refused.
  *
  * Until vb_unmap(), KASAN looks away: a host reads and writes guest memory
  * whatever the guest's allocator thinks of it, and finding out what the
@@ -229,7 +234,7 @@ static void *vb_map(struct vdpasim_balloon *vb, unsigned long pfn)
 	if (pfn >= vb->nframes)
 		return NULL;
 	spin_lock(&vdpasim->iommu_lock);
-	if (vdpasim->iommu_pt[0])
+	if (vdpasim->iommu_pt[0] && !vdpasim->mm_bound)
 		page = pfn_to_online_page(pfn / VB_FRAMES_PER_PAGE);
 	if (!page || PageReserved(page)) {
 		spin_unlock(&vdpasim->iommu_lock);
@@ -246,21 +251,39 @@ static void vb_unmap(struct vdpasim_balloon *vb, void *va)
 	spin_unlock(&vb->vdpasim.iommu_lock);
 }
 
+/*
+ * Finds the first byte of the frame at @va that is not @want: its offset,
+ * or VB_FRAME. Read without faulting: a page the guest freed untold may be
+ * out of the direct map (DEBUG_PAGEALLOC, KFENCE), and reads as changed.
+ */
+static size_t vb_find_changed(const void *va, u8 want)
+{
+	u8 buf[256];
+	size_t off;
+	u8 *bad;
+
+	for (off = 0; off < VB_FRAME; off += sizeof(buf)) {
+		if (copy_from_kernel_nofault(buf, va + off, sizeof(buf)))
+			return off;
+		bad = memchr_inv(buf, want, sizeof(buf));
+		if (bad)
+			return off + (bad - buf);
+	}
+	return VB_FRAME;
+}
+
 /* Checks that frame @pfn still holds its pattern as it leaves the balloon. */
 static void vb_check(struct vdpasim_balloon *vb, unsigned long pfn, const char *why)
 {
 	u8 want = vb_pattern(pfn);
 	void *va = vb_map(vb, pfn);
-	u8 *bad;
+	size_t off;
 
 	if (!va)
 		return;
-	bad = memchr_inv(va, want, VB_FRAME);
+	off = vb_find_changed(va, want);
 	vb->c.frames_checked++;
-	if (bad) {
-		unsigned long off = bad - (u8 *)va;
-		u8 got = *bad;
-
+	if (off < VB_FRAME) {
 		/* Without MUST_TELL_HOST the guest may reuse a page it is deflating. */
 		if (!strcmp(why, "deflate") &&
 		    !vb_has(vb, VIRTIO_BALLOON_F_MUST_TELL_HOST)) {
@@ -268,8 +291,8 @@ static void vb_check(struct vdpasim_balloon *vb, unsigned long pfn, const char *
 		} else {
 			vb->c.pattern_violations++;
 			dev_info_ratelimited(&vb->vdpasim.vdpa.dev,
-					     "frame %#lx written while in the balloon (byte %#lx is %#x, not %#x), found at %s\n",
-					     pfn, off, got, want, why);
+					     "frame %#lx written while in the balloon (from byte %#zx), found at %s\n",
+					     pfn, off, why);
 		}
 	}
 	vb_unmap(vb, va);

@@ -32,16 +32,24 @@
 //! # Waiting, broken rings and reset
 //!
 //! A wait for the device normally lasts until the device answers: the device is trusted to, and
-//! may take its time. Once the driver is being unbound, every wait ends at most
-//! [`UNBIND_GRACE_MS`] after the unbind started: a device that has not answered by then is
-//! broken and reset, every waiter is woken, and the wait fails with `ETIMEDOUT`. Unbind
-//! therefore finishes whatever the device does.
+//! may take its time. Once the driver is being unbound, a wait lasts at most [`UNBIND_GRACE_MS`]
+//! (from the later of its start and the unbind's): a device that has not answered by then is
+//! reset, every waiter is woken, and the wait fails with `ETIMEDOUT`. Unbind therefore finishes
+//! whatever the device does.
 //!
 //! A broken ring is not a stopped device: the device may still read and write what it was lent
-//! (a bogus used id breaks the ring, and the device goes on). So a wait that finds its ring
-//! broken resets the device before it returns `EIO`, and only then may its caller reuse the
-//! memory. The first waiter to need it resets the device, under a mutex, and the others find it
-//! done; the queues' deletion resets it again whatever the waiters did.
+//! (a bogus used id breaks the ring, and the device goes on). So a wait returns `EIO` for a
+//! broken ring only once the device is reset, and only then may its caller reuse the memory.
+//! Resets are ordered by [`Quiesce`]: the queues' deletion (freeze, remove, a failed probe),
+//! shutdown, and a waiter whose driver is being unbound. A waiter resets the device only then,
+//! while the unbinding thread holds the device lock and waits for it: at any other time the
+//! virtio core may be writing the status byte, and a reset racing that can leave a device that
+//! never reads back 0 (`vp_reset()` then polls for ever). Until unbind, a broken device
+//! therefore keeps what it was lent, and its waiters sleep.
+//!
+//! Every notification is sent under the RCU read lock, and a reset breaks the rings, waits for
+//! an RCU grace period, and only then resets: `virtio_reset_device()` must not run while a
+//! notification is in progress.
 
 use super::Device;
 use crate::{
@@ -57,9 +65,13 @@ use crate::{
     str::CStr,
     sync::{
         atomic::{
+            Acquire,
             Atomic,
-            Relaxed, //
+            Relaxed,
+            Release, //
         },
+        rcu,
+        Arc,
         CondVar,
         Mutex,
         MutexGuard,
@@ -68,8 +80,8 @@ use crate::{
     },
     time::{
         msecs_to_jiffies,
-        ClockSource,
         Delta,
+        Instant,
         Monotonic, //
     },
 };
@@ -235,13 +247,13 @@ pub trait Handler: Sync {
 /// For drivers that only wait for their buffers.
 impl Handler for () {}
 
-/// How long, in milliseconds, waits for the device may last once the driver's unbind has started.
-pub const UNBIND_GRACE_MS: i64 = 1000;
-
-/// The monotonic clock, in nanoseconds.
-fn now_ns() -> i64 {
-    <Monotonic as ClockSource>::ktime_get()
-}
+/// How long, in milliseconds, a wait for the device may last once the driver's unbind has
+/// started.
+///
+/// Generous: a device that answers may be slow (an emulated one under load can take a second
+/// for a large request), and a dead one costs it only once, since the device is reset after it
+/// and later waits fail at once.
+pub const UNBIND_GRACE_MS: i64 = 5000;
 
 /// The per-queue state the interrupt handler reaches.
 #[pin_data]
@@ -254,8 +266,8 @@ struct Slot {
     notify: SpinLockIrq<()>,
     #[pin]
     used: CondVar,
-    /// When waits end (monotonic nanoseconds) because the driver is being unbound; 0 before.
-    deadline: Atomic<i64>,
+    /// Whether the driver is being unbound: waits are bounded from then on.
+    unbinding: Atomic<bool>,
 }
 
 impl Slot {
@@ -264,22 +276,33 @@ impl Slot {
             ring <- new_mutex!(()),
             notify <- new_spinlock_irq!(()),
             used <- new_condvar!(),
-            deadline: Atomic::new(0),
+            unbinding: Atomic::new(false),
         }? Error)
+    }
+
+    /// Whether the driver is being unbound; read with `notify` locked, which `begin_unbind`
+    /// takes after setting it.
+    fn unbinding(&self) -> bool {
+        self.unbinding.load(Relaxed)
     }
 
     /// Sleeps until woken, with `notify` locked by the caller since its last look at the ring.
     ///
-    /// Once the driver is being unbound, sleeps at most until the unbind's deadline, and returns
-    /// `false` when that has passed.
-    fn sleep(&self, notify: &mut SpinLockIrqGuard<'_, ()>) -> bool {
-        // `begin_unbind` sets the deadline before it takes `notify` to wake us.
-        let deadline = self.deadline.load(Relaxed);
-        if deadline == 0 {
+    /// While the driver is being unbound, the wait that started at `*since` (set on its first
+    /// bounded sleep) lasts at most [`UNBIND_GRACE_MS`]; returns `false` once that has passed.
+    /// Each wait has its own grace period: a device that answers may take the time it needs
+    /// for the many requests of a deflate at unbind.
+    fn sleep(
+        &self,
+        notify: &mut SpinLockIrqGuard<'_, ()>,
+        since: &mut Option<Instant<Monotonic>>,
+    ) -> bool {
+        if !self.unbinding() {
             self.used.wait(notify);
             return true;
         }
-        let left = Delta::from_nanos(deadline - now_ns());
+        let start = since.get_or_insert_with(Instant::now);
+        let left = Delta::from_millis(UNBIND_GRACE_MS) - start.elapsed();
         if left.as_nanos() <= 0 {
             return false;
         }
@@ -297,53 +320,125 @@ impl Slot {
     }
 }
 
-/// Resets the device for the waiters of its queues, once per life of the queues.
+/// Orders the resets of a device with queues, and tells waiters whether one happened.
 ///
-/// A waiter whose ring broke, or whose unbind deadline passed, must not return before the device
-/// is stopped (see the module documentation). Waiters of several queues may find that at once,
-/// and the queues' deletion may be resetting the device too: the mutex orders them, and whoever
-/// comes after a reset finds it done.
+/// A waiter whose ring broke must not return before the device is stopped (see the module
+/// documentation). Resets come from the queues' deletion, from shutdown, and from waiters while
+/// the driver is being unbound; waiters of several queues may need one at once. The mutex orders
+/// them; `done`, readable under a waiter's spin lock, says a reset completed since the queues
+/// were created. It is shared ([`Arc`]) so that the unbind paths, which find it through `priv`
+/// under a spin lock, can take the mutex after dropping that lock.
+///
+/// # Invariants
+///
+/// While `done` is true, the device was broken and reset after the queues were last created,
+/// with no notification in progress, and has not been set up since.
 #[pin_data]
 struct Quiesce {
-    /// Whether the device was reset since the queues were created.
     #[pin]
-    done: Mutex<bool>,
+    lock: Mutex<()>,
+    done: Atomic<bool>,
+    /// Whether a waiter already said that it waits for a reset.
+    told: Atomic<bool>,
 }
 
 impl Quiesce {
-    fn new() -> impl PinInit<Self> {
-        pin_init!(Self {
-            done <- new_mutex!(false),
-        })
+    fn new() -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Self {
+                lock <- new_mutex!(()),
+                done: Atomic::new(false),
+                told: Atomic::new(false),
+            }),
+            GFP_KERNEL,
+        )
     }
 
-    /// Breaks and resets `vdev`, unless that was done for the waiters already or `always`; then
-    /// wakes every waiter, which finds its ring broken.
+    /// Whether the device was reset since the queues were created.
+    fn done(&self) -> bool {
+        self.done.load(Acquire)
+    }
+
+    /// Breaks the rings of `vdev`, waits for the notifications in progress, and stops the device
+    /// with `stop` (a reset, or `virtio_device_shutdown()`), unless `when` is [`When::Once`] and
+    /// that was done already; then wakes every waiter, which finds its ring broken and the
+    /// device stopped.
     ///
     /// # Safety
     ///
-    /// `vdev` is a valid device whose queues exist.
-    unsafe fn reset(&self, vdev: *mut bindings::virtio_device, always: bool) {
-        let mut done = self.done.lock();
-        if always || !*done {
-            // SAFETY: `vdev` is a valid device with queues (safety requirements). Breaking the
-            // rings first makes every ring operation fail from now on; the reset stops the
-            // device and waits for its callbacks (`virtio_reset_device()`).
-            unsafe {
-                bindings::virtio_break_device(vdev);
-                bindings::virtio_reset_device(vdev);
-            }
-            *done = true;
+    /// `vdev` is a valid device, the one whose queues `self` belongs to, and `stop` stops it as
+    /// `virtio_reset_device()` does. Nothing else sets the device's status meanwhile: the
+    /// caller holds the device lock, or the driver is being unbound and the unbinding thread,
+    /// which holds it, waits for the caller.
+    unsafe fn stop(&self, vdev: *mut bindings::virtio_device, when: When, stop: impl FnOnce()) {
+        let guard = self.lock.lock();
+        if when == When::Always || !self.done() {
+            // SAFETY: `vdev` is a valid device (safety requirements); breaking a device without
+            // queues does nothing.
+            unsafe { bindings::virtio_break_device(vdev) };
+            // Every notification is sent under the RCU read lock, and `virtqueue_notify()`
+            // checks first that the ring is not broken ([`kick`]): after a grace period, none
+            // is in progress and none starts, as `virtio_reset_device()` requires.
+            // SAFETY: Called in process context, with no RCU read lock held (the ring mutex and
+            // `self.lock` are mutexes).
+            unsafe { bindings::synchronize_rcu() };
+            stop();
+            // INVARIANT: The device was just broken and stopped, with no notification in
+            // progress.
+            self.done.store(true, Release);
         }
-        drop(done);
+        drop(guard);
         // SAFETY: `vdev` is valid.
         unsafe { for_each_slot(vdev, Slot::wake) };
     }
 
-    /// The queues were created again: the next broken ring needs a reset of its own.
-    fn rearm(&self) {
-        *self.done.lock() = false;
+    /// Resets `vdev` (see [`Quiesce::stop`]).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Quiesce::stop`].
+    unsafe fn reset(&self, vdev: *mut bindings::virtio_device, when: When) {
+        // SAFETY: By the safety requirements; `virtio_reset_device()` needs a valid device.
+        unsafe { self.stop(vdev, when, || bindings::virtio_reset_device(vdev)) };
     }
+
+    /// Says once that `dev`'s ring is broken and its waiters wait for a reset.
+    fn tell(&self, vdev: *mut bindings::virtio_device) {
+        if self.told.xchg(true, Relaxed) {
+            return;
+        }
+        // SAFETY: `vdev` is a valid device (callers' queues exist), and so is its `struct device`.
+        let dev: &device::Device = unsafe { device::Device::from_raw(&raw mut (*vdev).dev) };
+        dev_err!(
+            dev,
+            "a ring is broken: what the device was lent stays lent until it is reset\n"
+        );
+    }
+
+    /// The queues are about to be created again: nothing was reset since.
+    fn rearm(&self) {
+        let _guard = self.lock.lock();
+        // INVARIANT: `done` is false.
+        self.done.store(false, Release);
+        self.told.store(false, Relaxed);
+    }
+}
+
+/// Whether [`Quiesce::stop`] stops a device again that was stopped since the queues were created.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum When {
+    /// Always: the queues' deletion, shutdown, the end of remove with leaked queues.
+    Always,
+    /// Only if nobody did: a waiter.
+    Once,
+}
+
+/// What the unbind paths reach through `priv` without knowing the handler type: the first field
+/// of [`Virtqueues`].
+#[repr(C)]
+struct Head {
+    slots: Pin<KBox<[Slot]>>,
+    quiesce: Arc<Quiesce>,
 }
 
 /// One queue of the device: how it is created, and its ring while it exists.
@@ -361,6 +456,10 @@ struct Queue {
 /// device has at most one at a time. For system sleep, [`Virtqueues::freeze`] deletes the queues
 /// and [`Virtqueues::restore`] creates them again.
 ///
+/// Drop it where the device lock is held: in remove, or when probe fails. Dropped on another
+/// thread, its reset may race the virtio core's status writes at the end of probe or restore,
+/// which on virtio-pci can leave `vp_reset()` polling for ever.
+///
 /// # Invariants
 ///
 /// - While `self` exists, `dev`'s `priv` points at `self`; it is cleared under the device's
@@ -368,20 +467,18 @@ struct Queue {
 /// - `live` is whether the queues exist. While they do, `queues[i].vq` is queue `i` of `dev`, or
 ///   null if unused; while they do not, every `vq` is null. Every token in a queue comes from
 ///   `into_raw` of the type in `queues[i].info.buffer`.
-/// - `handler`, `slots` and `positions` are initialised before the queues exist and outlive
+/// - `handler`, `head` and `positions` are initialised before the queues exist and outlive
 ///   them; `positions[vq->index]` is the position of `vq` in `queues`.
 #[repr(C)]
 #[pin_data(PinnedDrop)]
 pub struct Virtqueues<'a, H: Handler> {
-    /// First, so that [`wake_all`] finds it through `priv` without knowing `H`.
-    slots: Pin<KBox<[Slot]>>,
+    /// First, so that the unbind paths find it through `priv` without knowing `H`.
+    head: Head,
     /// The position in `queues` of the queue the transport numbers `i` (`vq->index`).
     positions: KVec<usize>,
     dev: &'a Device<device::Bound>,
     #[pin]
     handler: H,
-    #[pin]
-    quiesce: Quiesce,
     queues: KVec<Queue>,
     live: Atomic<bool>,
     fence: Option<UnbindFence>,
@@ -431,10 +528,12 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         try_pin_init!(&this in Self {
             dev: if same { dev } else { return Err(EINVAL) },
             handler <- handler,
-            slots: KBox::pin_slice(|_| Slot::new(), count, GFP_KERNEL)?,
+            head: Head {
+                slots: KBox::pin_slice(|_| Slot::new(), count, GFP_KERNEL)?,
+                quiesce: Quiesce::new()?,
+            },
             positions: positions?,
-            quiesce <- Quiesce::new(),
-            // `handler`, `slots` and `positions`, all a callback touches, are initialised at this
+            // `handler`, `head` and `positions`, all a callback touches, are initialised at this
             // point.
             queues: Self::claim(dev, queues?, this.as_ptr().cast())?,
             live: Atomic::new(true),
@@ -534,13 +633,13 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         // SAFETY: By the type invariants, the queue exists, so `priv` points at the
         // `Virtqueues` that created it.
         let this = unsafe { (*vdev).priv_ }.cast_const().cast::<Self>();
-        // SAFETY: By the type invariants, `handler`, `slots` and `positions` are initialised and
+        // SAFETY: By the type invariants, `handler`, `head` and `positions` are initialised and
         // outlive the queues. Only shared references to these fields are made: `new()` may still
         // be writing the others.
         let (handler, slots, positions) = unsafe {
             (
                 &*addr_of!((*this).handler),
-                &*addr_of!((*this).slots),
+                &*addr_of!((*this).head.slots),
                 &*addr_of!((*this).positions),
             )
         };
@@ -590,11 +689,14 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         }
         let vdev = self.dev.as_raw();
         // Only with the device reset may a waiter return and its caller reuse the memory the
-        // device had; `reset` wakes them once it is. Whatever a waiter did, reset again here:
-        // a driver may have set the device up since.
-        // SAFETY: `vdev` is a valid device with queues (`live`).
-        unsafe { self.quiesce.reset(vdev, true) };
-        for (queue, slot) in self.queues.iter().zip(self.slots.iter()) {
+        // device had; `reset` wakes them once it is. Reset even if a waiter did: a driver may
+        // have reset the device since ([`Device::reset`]) without `Quiesce` knowing.
+        // SAFETY: `vdev` is a valid device with queues (`live`), those of `self.head.quiesce`.
+        // Freeze and the fence's action hold the device lock, and so do remove and a failed
+        // probe, where drivers drop their queues; a drop elsewhere is a hazard (see the type's
+        // documentation), a race with the core's status writes that can hang, not unsafety.
+        unsafe { self.head.quiesce.reset(vdev, When::Always) };
+        for (queue, slot) in self.queues.iter().zip(self.head.slots.iter()) {
             // Waiters have left: the ring is broken.
             let _ring = slot.ring.lock();
             let vq = queue.vq.xchg(null_mut(), Relaxed);
@@ -607,7 +709,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         self.live.store(false, Relaxed);
     }
 
-    /// Clears `priv`, under the lock `wake_all` reads it under.
+    /// Clears `priv`, under the lock `with_head` reads it under.
     fn release(&self) {
         let vdev = self.dev.as_raw();
         // SAFETY: `vdev` is valid, and `priv` points at `self` (type invariant).
@@ -643,13 +745,13 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         if self.live.load(Relaxed) {
             return Err(EBUSY);
         }
-        // `priv` still points at `self`.
+        // `priv` still points at `self`. Before any ring exists that a waiter could find broken.
+        self.head.quiesce.rearm();
         let vqs = Self::find(self.dev, &self.queues)?;
-        for ((queue, slot), vq) in self.queues.iter().zip(self.slots.iter()).zip(vqs) {
+        for ((queue, slot), vq) in self.queues.iter().zip(self.head.slots.iter()).zip(vqs) {
             let _ring = slot.ring.lock();
             queue.vq.store(vq, Relaxed);
         }
-        self.quiesce.rearm();
         self.live.store(true, Relaxed);
         Ok(())
     }
@@ -660,7 +762,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         if queue.info.name.is_none() {
             return Err(ENOENT);
         }
-        let _ring = self.slots[index].ring.lock();
+        let _ring = self.head.slots[index].ring.lock();
         let vq = queue.vq.load(Relaxed);
         if vq.is_null() {
             return Err(ENODEV);
@@ -686,7 +788,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         if info.buffer.map(|t| (t.id)()) != Some(TypeId::of::<Lending>()) || !info.callback {
             return Err(EINVAL);
         }
-        let slot = &self.slots[index];
+        let slot = &self.head.slots[index];
         let _ring = slot.ring.lock();
         let vq = queue.vq.load(Relaxed);
         if vq.is_null() {
@@ -699,25 +801,24 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         // memory that stays lent until the device returns `token` (`Lend`).
         to_result(unsafe { bindings::virtqueue_add_inbuf(vq, sg, nents, token, flags.as_raw()) })?;
         // SAFETY: As above.
-        unsafe { bindings::virtqueue_kick(vq) };
+        unsafe { kick(vq) };
+        let mut since = None;
         loop {
-            let mut notify = slot.notify.lock();
+            let notify = slot.notify.lock();
             let mut len = 0u32;
             // SAFETY: As above.
             if !unsafe { bindings::virtqueue_get_buf(vq, &mut len) }.is_null() {
                 return Ok(());
             }
-            // SAFETY: As above.
-            let err = if unsafe { bindings::virtqueue_is_broken(vq) } {
-                EIO
-            } else if !slot.sleep(&mut notify) {
-                ETIMEDOUT
-            } else {
+            // SAFETY: As above; `quiesce` belongs to the queues of `vq`.
+            let Err(err) = (unsafe { wait(vq, slot, &self.head.quiesce, notify, &mut since) })
+            else {
                 continue;
             };
-            drop(notify);
-            // SAFETY: `vq` is live, so its device is, with queues.
-            unsafe { stop((*vq).vdev, &self.quiesce, err) };
+            // The ring maps its buffers for a DMA-API device until they are detached: detach
+            // ours now, before the caller reuses the memory, not when the queues are deleted.
+            // SAFETY: `wait` failed, so the device is reset, and we hold the ring mutex of `vq`.
+            while !unsafe { bindings::virtqueue_detach_unused_buf(vq) }.is_null() {}
             return Err(err);
         }
     }
@@ -729,7 +830,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     pub fn lock<B: Buffer>(&self, index: usize) -> Result<QueueGuard<'_, B>> {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
         carries::<B>(queue.info.buffer)?;
-        let slot = &self.slots[index];
+        let slot = &self.head.slots[index];
         let ring = slot.ring.lock();
         let vq = queue.vq.load(Relaxed);
         if vq.is_null() {
@@ -742,7 +843,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             _ring: ring,
             vq,
             slot,
-            quiesce: &self.quiesce,
+            quiesce: &self.head.quiesce,
             hints: queue.info.hints,
             _buffer: PhantomData,
         })
@@ -760,28 +861,54 @@ impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
     }
 }
 
-/// Wakes every waiter of `dev`'s queues, if it has any: those whose ring is broken return `EIO`.
-///
-/// The transport breaks the rings of a device removed by surprise before `remove()`, and
-/// `virtio_device_shutdown()` breaks them too, but breaking a ring wakes nobody.
-pub(super) fn wake_all(dev: &Device<device::CoreInternal<'_>>) {
-    // SAFETY: `dev` is a valid device.
-    unsafe { for_each_slot(dev.as_raw(), Slot::wake) };
+/// Shuts `dev` down as the virtio core does for a driver without `shutdown()`
+/// (`virtio_device_shutdown()`: break the rings, wait for callbacks, reset), ordered with the
+/// resets of its waiters, and wakes them: they return `EIO`.
+pub(super) fn shutdown(dev: &Device<device::CoreInternal<'_>>) {
+    let vdev = dev.as_raw();
+    // SAFETY: `vdev` is a valid `struct virtio_device`.
+    let stop = || unsafe { bindings::virtio_device_shutdown(vdev) };
+    // SAFETY: `vdev` is valid.
+    match unsafe { quiesce_of(vdev) } {
+        // SAFETY: We hold the device lock (shutdown); `stop` resets the device.
+        Some(quiesce) => unsafe { quiesce.stop(vdev, When::Always, stop) },
+        None => stop(),
+    }
 }
 
-/// Starts the unbind of `dev`'s driver: from now on its waits for the device end within
-/// [`UNBIND_GRACE_MS`] (see the module documentation), and the waiters asleep now are woken to
-/// notice.
+/// Starts the unbind of `dev`'s driver: from now on its waits for the device are bounded, and a
+/// waiter may reset the device (see the module documentation); the waiters asleep now are woken
+/// to notice.
 pub(super) fn begin_unbind(dev: &Device<device::CoreInternal<'_>>) {
-    // Never 0, which means no deadline.
-    let deadline = (now_ns() + UNBIND_GRACE_MS * 1_000_000).max(1);
     // SAFETY: `dev` is a valid device.
     unsafe {
         for_each_slot(dev.as_raw(), |slot| {
-            slot.deadline.store(deadline, Relaxed);
+            slot.unbinding.store(true, Relaxed);
             slot.wake();
         })
     };
+}
+
+/// Calls `f` on the [`Head`] of `vdev`'s queues, if it has any, under `vqs_list_lock`.
+///
+/// # Safety
+///
+/// `vdev` is a valid device.
+unsafe fn with_head<R>(
+    vdev: *mut bindings::virtio_device,
+    f: impl FnOnce(&Head) -> R,
+) -> Option<R> {
+    // SAFETY: `vdev` is valid. A non-null `priv` is a live `Virtqueues` (`repr(C)`, `head`
+    // first), cleared under `vqs_list_lock` before it is freed (`release`): it stays alive while
+    // we hold that lock.
+    unsafe {
+        let lock = &raw mut (*vdev).vqs_list_lock;
+        bindings::spin_lock(lock);
+        let head = (*vdev).priv_.cast_const().cast::<Head>();
+        let r = head.as_ref().map(f);
+        bindings::spin_unlock(lock);
+        r
+    }
 }
 
 /// Calls `f` on each slot of `vdev`'s queues, if it has any, under `vqs_list_lock`.
@@ -790,41 +917,85 @@ pub(super) fn begin_unbind(dev: &Device<device::CoreInternal<'_>>) {
 ///
 /// `vdev` is a valid device.
 unsafe fn for_each_slot(vdev: *mut bindings::virtio_device, f: impl Fn(&Slot)) {
-    // SAFETY: `vdev` is valid. A non-null `priv` is a live `Virtqueues` (`repr(C)`, `slots`
-    // first), cleared under `vqs_list_lock` before it is freed (`release`): it stays alive while
-    // we hold that lock.
-    unsafe {
-        let lock = &raw mut (*vdev).vqs_list_lock;
-        bindings::spin_lock(lock);
-        let slots = (*vdev).priv_.cast_const().cast::<Pin<KBox<[Slot]>>>();
-        if !slots.is_null() {
-            for slot in (*slots).iter() {
-                f(slot);
-            }
-        }
-        bindings::spin_unlock(lock);
-    }
+    // SAFETY: By the safety requirements.
+    unsafe { with_head(vdev, |head| head.slots.iter().for_each(f)) };
 }
 
-/// A wait ends without its buffer, with `err`: `EIO` for a broken ring, `ETIMEDOUT` for the
-/// unbind deadline. Stops the device (see [`Quiesce`]) so that it can no longer reach what it
-/// was lent, and wakes every other waiter.
+/// The [`Quiesce`] of `vdev`'s queues, if it has any.
 ///
 /// # Safety
 ///
-/// `vdev` is a valid device whose queues exist, and `quiesce` belongs to them.
-unsafe fn stop(vdev: *mut bindings::virtio_device, quiesce: &Quiesce, err: Error) {
-    if err == ETIMEDOUT {
-        // SAFETY: `vdev` is valid (safety requirements), and so is its `struct device`.
+/// `vdev` is a valid device.
+unsafe fn quiesce_of(vdev: *mut bindings::virtio_device) -> Option<Arc<Quiesce>> {
+    // SAFETY: By the safety requirements.
+    unsafe { with_head(vdev, |head| head.quiesce.clone()) }
+}
+
+/// Notifies the device of `vq`'s new buffers, under the RCU read lock that [`Quiesce::stop`]
+/// waits for; returns `false` if the ring is broken or the notification failed.
+///
+/// # Safety
+///
+/// `vq` is a live queue, and the caller holds its ring mutex.
+unsafe fn kick(vq: *mut bindings::virtqueue) -> bool {
+    let _rcu = rcu::read_lock();
+    // SAFETY: By the safety requirements. `virtqueue_notify()` checks that the ring is not
+    // broken, under the RCU read lock, and notifying does not sleep.
+    unsafe { bindings::virtqueue_kick(vq) }
+}
+
+/// Waits once for `vq`, with `notify` locked since the caller found no used buffer in it.
+///
+/// Returns `Ok(())` when the caller should look at the ring again, or the error that ends the
+/// wait: `EIO` for a broken ring, `ETIMEDOUT` when the unbind grace period ends first. An error
+/// comes only once the device is reset ([`Quiesce::done`]): it can no longer reach what it was
+/// lent. A waiter resets it itself only while the driver is being unbound (see the module
+/// documentation); before that, a broken ring's waiter sleeps until a reset or the unbind.
+///
+/// # Safety
+///
+/// `vq` is a live queue, the caller holds its ring mutex, and `quiesce` belongs to its queues.
+unsafe fn wait(
+    vq: *mut bindings::virtqueue,
+    slot: &Slot,
+    quiesce: &Quiesce,
+    mut notify: SpinLockIrqGuard<'_, ()>,
+    since: &mut Option<Instant<Monotonic>>,
+) -> Result {
+    // SAFETY: `vq` is live (safety requirements), and so is its device.
+    let vdev = unsafe { (*vq).vdev };
+    // SAFETY: As above.
+    let err = if unsafe { bindings::virtqueue_is_broken(vq) } {
+        // `Quiesce::stop` sets `done`, then takes `notify` to wake us.
+        if quiesce.done() {
+            return Err(EIO);
+        }
+        if !slot.unbinding() {
+            quiesce.tell(vdev);
+            slot.used.wait(&mut notify);
+            return Ok(());
+        }
+        EIO
+    } else if slot.sleep(&mut notify, since) {
+        return Ok(());
+    } else {
+        // SAFETY: `vdev` is valid, and so is its `struct device`.
         let dev: &device::Device = unsafe { device::Device::from_raw(&raw mut (*vdev).dev) };
         dev_warn!(
             dev,
             "no answer within {} ms of unbind: resetting the device\n",
             UNBIND_GRACE_MS
         );
-    }
-    // SAFETY: By the safety requirements.
-    unsafe { quiesce.reset(vdev, false) };
+        ETIMEDOUT
+    };
+    drop(notify);
+    // SAFETY: `vdev` has queues, `quiesce`'s. The driver is being unbound (`sleep` only gives up
+    // then): the unbinding thread holds the device lock and waits for this waiter (it disables
+    // the work, or unregisters the notifier, the waiter runs in); or, for a leaked part of the
+    // driver, it reset the device through `quiesce` before it let go of the lock, and this does
+    // nothing.
+    unsafe { quiesce.reset(vdev, When::Once) };
+    Err(err)
 }
 
 /// Breaks the queues the driver leaked, once its data is gone (after `remove()` or a failed
@@ -834,16 +1005,20 @@ unsafe fn stop(vdev: *mut bindings::virtio_device, quiesce: &Quiesce, err: Error
 /// [`Virtqueues`] deletes its queues when dropped. A driver that leaks it instead
 /// (`mem::forget`, a reference cycle) leaks its memory too, and other leaked parts of the driver
 /// (a notifier, say) may still use the queues until their own fences end them at unbind.
-pub(super) fn quiesce_leaked(dev: &Device<device::CoreInternal<'_>>) {
+///
+/// Returns whether there were such queues; they are broken and the device reset.
+pub(super) fn quiesce_leaked(dev: &Device<device::CoreInternal<'_>>) -> bool {
     let vdev = dev.as_raw();
-    // SAFETY: `vdev` is a valid device; `priv` only changes under the device lock, which we hold.
-    if unsafe { (*vdev).priv_ }.is_null() {
-        return;
-    }
+    // SAFETY: `vdev` is a valid device.
+    let Some(quiesce) = (unsafe { quiesce_of(vdev) }) else {
+        return false;
+    };
     dev_warn!(dev.as_ref(), "the driver leaked its virtqueues\n");
-    // SAFETY: As above; breaking a device without queues does nothing.
-    unsafe { bindings::virtio_break_device(vdev) };
-    wake_all(dev);
+    // Reset here, under the device lock: the leaked waiters then find the reset done, and do not
+    // reset the device themselves once the virtio core is setting its status again.
+    // SAFETY: `vdev` is valid, and we hold the device lock (remove, or a failed probe).
+    unsafe { quiesce.reset(vdev, When::Always) };
+    true
 }
 
 /// Drops every buffer left in `vq`.
@@ -983,7 +1158,7 @@ impl<B: Buffer> QueueGuard<'_, B> {
     /// queue is broken.
     pub fn kick(&mut self) -> bool {
         // SAFETY: `self.vq` is live and exclusively ours (type invariant).
-        unsafe { bindings::virtqueue_kick(self.vq) }
+        unsafe { kick(self.vq) }
     }
 
     /// Takes back a buffer the device has used, if any.
@@ -1009,30 +1184,25 @@ impl<B: Buffer> QueueGuard<'_, B> {
 
     /// Sleeps until the device has used a buffer, and takes it back.
     ///
-    /// Fails with `ENOENT` if the device holds no buffer of this queue, with `EIO` if the queue
-    /// is broken, and with `ETIMEDOUT` if the unbind deadline passes; in the last two cases the
-    /// device is reset first (see the module documentation). Notifications must be enabled.
+    /// Fails with `ENOENT` if the device holds no buffer of this queue, with `EIO` once the
+    /// queue is broken and the device reset, and with `ETIMEDOUT` if the device does not answer
+    /// within [`UNBIND_GRACE_MS`] during unbind (see the module documentation). The buffers the
+    /// device held stay in the queue until the queues are deleted. Notifications must be
+    /// enabled.
     pub fn wait_buf(&mut self) -> Result<Used<B>> {
         let slot = self.slot;
+        let mut since = None;
         loop {
-            let mut notify = slot.notify.lock();
+            let notify = slot.notify.lock();
             if let Some(used) = self.get_buf() {
                 return Ok(used);
             }
-            let err = if self.is_broken() {
-                EIO
-            } else if self.num_free() == self.size() {
+            if !self.is_broken() && self.num_free() == self.size() {
                 return Err(ENOENT);
-            } else if !slot.sleep(&mut notify) {
-                ETIMEDOUT
-            } else {
-                continue;
-            };
-            drop(notify);
-            // SAFETY: `self.vq` is live (type invariant), so its device is, with queues, and
-            // `self.quiesce` belongs to them.
-            unsafe { stop((*self.vq).vdev, self.quiesce, err) };
-            return Err(err);
+            }
+            // SAFETY: `self.vq` is live and we hold its ring mutex (type invariant), and
+            // `self.quiesce` belongs to its queues.
+            unsafe { wait(self.vq, slot, self.quiesce, notify, &mut since) }?;
         }
     }
 
