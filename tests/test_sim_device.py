@@ -87,19 +87,25 @@ class Bound:
         assert gained * PAGE > held * PAGE - 4 * MiB - held * PAGE // 256, (
             f"{held} pages in the balloon, {gained} free pages gained by unload")
 
-    def quiet_free(self, timeout=30):
+    def quiet_free(self, timeout=60):
         """The balloon's size and the free pages, read when no free page
         report is in flight: the reporting core takes the pages it reports
-        off the free lists until the device answers."""
+        off the free lists until the device answers (within its delay, at
+        most 50 ms here), and reports at most every 2 s. Quiet is: no new
+        report request for 3 s."""
         g, deadline = self.guest, time.monotonic() + timeout
+        if not self.sim.state()["negotiated"] & F_REPORTING:
+            return g.vmstat()["nr_balloon_pages"], g.free_pages()
+        seen = []
         while True:
-            st0 = self.sim.state()
-            held, free = g.vmstat()["nr_balloon_pages"], g.free_pages()
             st = self.sim.state()
-            if st["requests_report"] == st0["requests_report"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        return held, free
+            seen.append((st["requests_report"], g.free_pages(),
+                         g.vmstat()["nr_balloon_pages"]))
+            last = seen[-4:]
+            if len(last) == 4 and len({r for r, _, _ in last}) == 1:
+                return last[-1][2], last[-1][1]
+            assert time.monotonic() < deadline, f"reporting never went quiet: {seen[-6:]}"
+            time.sleep(1)
 
     def finish(self, request, timeout=120, slack=32 * MiB):
         """Unbinds with whatever is in the balloon, checks every page came
@@ -371,8 +377,10 @@ def test_broken_ring(request, mode, which):
     buffer at the same descriptor, the second answer reads as the answer to
     that one, and the driver goes on before the device has read it (the
     device then counts the guest's next requests as protocol errors, which
-    it caused). Either way the driver's wait must end, the guest live on,
-    and unbind give every page back."""
+    it caused). Either way the guest must live on, and unbind end the wait
+    and give every page back; a broken ring's device is reset before any
+    page it had is reused (the Rust driver's wait on a broken ring ends
+    only then, at unbind)."""
     if which == "c" and mode == "bad_id":
         request.applymarker(C_HANGS)
     # init_on_free: a page freed while the device still has it is written
@@ -418,7 +426,9 @@ def test_dead_device_deleted_while_driver_waits(request, which):
     g = own_guest(f"sim-vanish-{which}")
     try:
         log0 = g.log_size()
-        b = Bound(g, which, F_MUST_TELL_HOST | F_STATS_VQ | F_REPORTING)
+        # No reporting: a held report's isolated pages would come back at
+        # unbind and hide a leak from the count below.
+        b = Bound(g, which, F_MUST_TELL_HOST | F_STATS_VQ)
         b.inflate(32 * MiB)
         b.sim.ctl("hostile hold all")
         b.sim.target(frames(64 * MiB))
@@ -437,6 +447,39 @@ def test_dead_device_deleted_while_driver_waits(request, which):
         gained = g.free_pages() - free
         assert gained * PAGE > held * PAGE - 4 * MiB, (held, gained)
         b.unload(check=False)
+        g.sync_log()
+        hits = g.splats(log0)
+        assert not hits, "\n".join(hits)
+    finally:
+        g.close()
+
+
+@pytest.mark.checks_splats
+@pytest.mark.parametrize("which", [pytest.param("c", marks=pytest.mark.xfail(
+    strict=True, reason="the C driver's freeze deflates and waits for ever for "
+    "the answer the broken ring lost (tell_host's wait_event): suspend hangs")),
+    "rust"])
+def test_broken_ring_during_suspend(request, which):
+    """The device answers a deflate with a bogus id while the driver
+    deflates for suspend (freeze, with the device lock held). Suspend must
+    finish, the device be reset before any of its pages is reused, and the
+    balloon come back after resume."""
+    g = own_guest(f"sim-suspend-{which}", append="init_on_free=1")
+    try:
+        log0 = g.log_size()
+        b = Bound(g, which, F_MUST_TELL_HOST)
+        b.inflate(64 * MiB)
+        b.sim.ctl("hostile bad_id deflate")
+        r = g.run("echo devices > /sys/power/pm_test && "
+                  "echo freeze > /sys/power/state; rc=$?; "
+                  "echo none > /sys/power/pm_test; exit $rc", timeout=120, check=False)
+        assert r.rc == 0, f"suspend failed ({r.rc}): {r.out}"
+        st = b.sim.state()
+        assert st["hostile_answers"] == 1, st
+        # Back at the target after resume, from a reset device.
+        b.sim.wait_actual(frames(64 * MiB), timeout=300)
+        st = b.finish(request)
+        assert st["resets"] >= 1, st
         g.sync_log()
         hits = g.splats(log0)
         assert not hits, "\n".join(hits)

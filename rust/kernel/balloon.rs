@@ -34,6 +34,14 @@
 
 use crate::{
     bindings,
+    device::{
+        Bound,
+        Device, //
+    },
+    devres::{
+        Binding,
+        UnbindFence, //
+    },
     prelude::*,
     sync::atomic::{
         Atomic,
@@ -144,6 +152,53 @@ pub enum ManagedPages {
 /// dropping the balloon waits for migrations in flight, takes every page back, frees them and
 /// says so in the kernel log: the pages are not lost, but the host was not told.
 ///
+/// # Leaks
+///
+/// Compaction calls the handler for as long as pages are in the balloon, so a balloon that is
+/// leaked (`mem::forget`) with pages in it goes on calling it. [`Balloon::new`] therefore takes
+/// only handlers that own what they use (`'static`); a handler that borrows driver data takes
+/// [`Balloon::new_for`] and the driver's [`Binding`]: if the balloon is leaked, its pages are
+/// taken back and freed when the device is unbound, before the borrow ends.
+///
+/// ```
+/// use kernel::balloon::{Balloon, ManagedPages, MigrateMode, Migration, MigrationHandler};
+/// use kernel::balloon::{NewPage, OldPage};
+///
+/// struct Counted(u32);
+///
+/// impl MigrationHandler for Counted {
+///     fn migrate(&self, _: &NewPage<'_>, _: &OldPage<'_>, _: MigrateMode) -> Migration {
+///         Migration::Failed
+///     }
+/// }
+///
+/// let balloon = KBox::pin_init(Balloon::new(ManagedPages::Keep, Counted(0)), GFP_KERNEL)?;
+/// # drop(balloon);
+/// # Ok::<(), Error>(())
+/// ```
+///
+/// A handler borrowing a local cannot be given to [`Balloon::new`] (the local does not live long
+/// enough; `tests/test_compile_fail.py` checks that this does not compile):
+///
+/// ```ignore
+/// // compile_fail: E0597
+/// use kernel::balloon::{Balloon, ManagedPages, MigrateMode, Migration, MigrationHandler};
+/// use kernel::balloon::{NewPage, OldPage};
+///
+/// struct Counted<'a>(&'a u32);
+///
+/// impl MigrationHandler for Counted<'_> {
+///     fn migrate(&self, _: &NewPage<'_>, _: &OldPage<'_>, _: MigrateMode) -> Migration {
+///         Migration::Failed
+///     }
+/// }
+///
+/// let local = 0;
+/// let balloon = KBox::pin_init(Balloon::new(ManagedPages::Keep, Counted(&local)), GFP_KERNEL)?;
+/// core::mem::forget(balloon);
+/// # Ok::<(), Error>(())
+/// ```
+///
 /// # Invariants
 ///
 /// - `info` is an initialised `struct balloon_dev_info` whose `migratepage` is
@@ -153,6 +208,7 @@ pub enum ManagedPages {
 ///   It is raised before pages join the balloon and lowered after they left it, so it never
 ///   falls below the true count; the one exception is a page dropped by a `-ENOENT`
 ///   migration, counted out just before the core drops it, while it is still isolated.
+/// - `fence`, if any, empties the balloon at unbind unless `drop` disarmed it first.
 #[pin_data(PinnedDrop)]
 pub struct Balloon<H: MigrationHandler> {
     #[pin]
@@ -160,6 +216,7 @@ pub struct Balloon<H: MigrationHandler> {
     pages: Atomic<usize>,
     #[pin]
     handler: H,
+    fence: Option<UnbindFence>,
 }
 
 // SAFETY: The balloon core serialises all access to `info` with its own lock, `pages` is atomic,
@@ -170,14 +227,45 @@ unsafe impl<H: MigrationHandler> Send for Balloon<H> {}
 // rules); `H` is `Sync`.
 unsafe impl<H: MigrationHandler> Sync for Balloon<H> {}
 
-impl<H: MigrationHandler> Balloon<H> {
-    /// Creates an empty balloon whose pages migrate through `handler`: a value, or an
-    /// initialiser for handlers that hold locks.
-    pub fn new<E>(managed: ManagedPages, handler: impl PinInit<H, E>) -> impl PinInit<Self, Error>
+impl<H: MigrationHandler + 'static> Balloon<H> {
+    /// Creates an empty balloon whose pages migrate through `handler`, which owns what it uses:
+    /// a value, or an initialiser for handlers that hold locks.
+    pub fn new<E>(
+        managed: ManagedPages,
+        handler: impl PinInit<H, E> + 'static,
+    ) -> impl PinInit<Self, Error>
     where
         Error: From<E>,
     {
-        try_pin_init!(Self {
+        Self::init(managed, handler, None)
+    }
+}
+
+impl<H: MigrationHandler> Balloon<H> {
+    /// Creates an empty balloon whose pages migrate through `handler`, which may borrow for as
+    /// long as `binding` lasts (see [Leaks](Balloon#leaks)).
+    pub fn new_for<'a, D: AsRef<Device<Bound>>, E>(
+        binding: Binding<'a, D>,
+        managed: ManagedPages,
+        handler: impl PinInit<H, E> + 'a,
+    ) -> impl PinInit<Self, Error> + 'a
+    where
+        Error: From<E>,
+        H: 'a,
+    {
+        Self::init(managed, handler, Some(binding.generic()))
+    }
+
+    fn init<'a, E>(
+        managed: ManagedPages,
+        handler: impl PinInit<H, E> + 'a,
+        binding: Option<Binding<'a>>,
+    ) -> impl PinInit<Self, Error> + 'a
+    where
+        Error: From<E>,
+        H: 'a,
+    {
+        try_pin_init!(&this in Self {
             info <- Opaque::ffi_init(move |info: *mut bindings::balloon_dev_info| {
                 // SAFETY: `info` is valid for writes and pinned, as the list head inside needs.
                 unsafe { bindings::balloon_devinfo_init(info) };
@@ -189,7 +277,48 @@ impl<H: MigrationHandler> Balloon<H> {
             }),
             pages: Atomic::new(0),
             handler <- handler,
+            fence: {
+                let data = this.as_ptr().cast();
+                // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live balloon; its
+                // action empties it, after which no page leads compaction to `handler`. The
+                // balloon is empty now: nothing to undo.
+                unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, || ()) }?
+            },
         }? Error)
+    }
+
+    /// The fence's action: the balloon was leaked and its device is unbound.
+    ///
+    /// # Safety
+    ///
+    /// `this` is a `Balloon<H>`, whose memory, leaked, stays valid.
+    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+        // SAFETY: By the safety requirements.
+        let this = unsafe { &*this.cast::<Self>() };
+        this.empty();
+    }
+
+    /// Takes every page out of the balloon and frees it, waiting for the migrations in flight;
+    /// afterwards no page leads the core to this balloon.
+    fn empty(&self) {
+        let mut left = 0;
+        loop {
+            stack_pin_init!(let list = PageList::new());
+            left += self.dequeue_list(list.as_mut(), usize::MAX);
+            // Pages isolated for migration come back to the list, or are replaced on it, as
+            // soon as their migration ends. Once none is counted and none is isolated, no page
+            // leads to `info` any more, and the last access of a migration to it was the
+            // decrement of `isolated_pages`, under the core's lock: one more lock round trip
+            // (a dequeue of nothing) waits for that critical section to end.
+            if self.pages() == 0 && self.isolated() == 0 {
+                self.dequeue_list(list.as_mut(), 0);
+                break;
+            }
+            fsleep(Delta::from_millis(1));
+        }
+        if left > 0 {
+            pr_warn!("balloon: dropped with {left} pages, freed without telling the host\n");
+        }
     }
 
     /// The driver's migration handler, which also carries whatever state the driver keeps
@@ -270,7 +399,7 @@ impl<H: MigrationHandler> Balloon<H> {
         page: *mut bindings::page,
         mode: bindings::migrate_mode,
     ) -> c_int {
-        // SAFETY: Only `Balloon::<H>::new` installs this callback, so `info` is the `info` field
+        // SAFETY: Only `Balloon::<H>::init` installs this callback, so `info` is the `info` field
         // of a `Balloon<H>`; it is alive, since it has an isolated page that its drop waits for.
         let this = unsafe { &*crate::container_of!(Opaque::cast_from(info), Self, info) };
         let (Some(new), Some(old)) = (NonNull::new(newpage), NonNull::new(page)) else {
@@ -292,24 +421,10 @@ impl<H: MigrationHandler> Balloon<H> {
 
 #[pinned_drop]
 impl<H: MigrationHandler> PinnedDrop for Balloon<H> {
-    fn drop(self: Pin<&mut Self>) {
-        let mut left = 0;
-        loop {
-            stack_pin_init!(let list = PageList::new());
-            left += self.dequeue_list(list.as_mut(), usize::MAX);
-            // Pages isolated for migration come back to the list, or are replaced on it, as
-            // soon as their migration ends. Once none is counted and none is isolated, no page
-            // leads to `info` any more, and the last access of a migration to it was the
-            // decrement of `isolated_pages`, under the core's lock: one more lock round trip
-            // (a dequeue of nothing) waits for that critical section to end.
-            if self.pages() == 0 && self.isolated() == 0 {
-                self.dequeue_list(list.as_mut(), 0);
-                break;
-            }
-            fsleep(Delta::from_millis(1));
-        }
-        if left > 0 {
-            pr_warn!("balloon: dropped with {left} pages, freed without telling the host\n");
+    fn drop(mut self: Pin<&mut Self>) {
+        // The fence acted only if `self` was leaked, which being dropped says it was not.
+        if UnbindFence::disarm_opt(self.as_mut().project().fence.take()) {
+            self.empty();
         }
     }
 }

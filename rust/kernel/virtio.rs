@@ -160,7 +160,7 @@ impl<T: Driver + 'static> Adapter<T> {
         // SAFETY: `vdev` is valid, and no queues exist before probe.
         unsafe { (*vdev).priv_ = core::ptr::null_mut() };
 
-        from_result(|| {
+        let ret = from_result(|| {
             let vdev = NonNull::new(vdev).ok_or(EINVAL)?;
             // The driver data lives until remove; what outlives it (the device, statics) stays
             // valid until the binding's devres actions run, after remove.
@@ -178,7 +178,10 @@ impl<T: Driver + 'static> Adapter<T> {
                 dev.schedule_work();
             }
             Ok(0)
-        })
+        });
+        // The virtio core sets the status once we return: waiters may no longer reset.
+        virtqueue::callback_window(dev, false);
+        ret
     }
 
     extern "C" fn remove_callback(vdev: *mut bindings::virtio_device) {
@@ -264,7 +267,12 @@ impl<T: Driver + 'static> Adapter<T> {
         // `Pin<KBox<Private<'_, T>>>`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() }.data();
 
-        from_result(|| T::freeze(dev, data).map(|()| 0))
+        // While we hold the device lock, waiters may reset a broken device: `freeze` may wait
+        // on one (the balloon deflates).
+        virtqueue::callback_window(dev, true);
+        let ret = from_result(|| T::freeze(dev, data).map(|()| 0));
+        virtqueue::callback_window(dev, false);
+        ret
     }
 
     /// Without `freeze` the virtio core would suspend and resume the device behind the driver's
@@ -289,7 +297,11 @@ impl<T: Driver + 'static> Adapter<T> {
         // `Pin<KBox<Private<'_, T>>>`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() }.data();
 
-        from_result(|| T::restore(dev, data).map(|()| 0))
+        // As for freeze; the virtio core sets `DRIVER_OK` once we return.
+        virtqueue::callback_window(dev, true);
+        let ret = from_result(|| T::restore(dev, data).map(|()| 0));
+        virtqueue::callback_window(dev, false);
+        ret
     }
 }
 
@@ -479,30 +491,40 @@ impl<Ctx: device::DeviceContext> Device<Ctx> {
         // SAFETY: As for `device_type`.
         unsafe { (*self.as_raw()).id.vendor }
     }
+}
 
+impl Device<device::Bound> {
     /// Returns whether `feature` was negotiated.
     ///
     /// Unlike the C `virtio_has_feature()`, which `BUG()`s when asked about a device feature its
     /// driver did not offer, this reports such a question as a driver bug in the log and answers
     /// `false`: the device cannot have negotiated it.
+    ///
+    /// Only while bound: the question goes to the driver's feature table, which a device no
+    /// longer has once it is unbound.
+    ///
+    /// ```
+    /// use kernel::{device::Bound, virtio};
+    ///
+    /// fn stats(dev: &virtio::Device<Bound>) -> bool {
+    ///     dev.has_feature(virtio::Feature::new(1))
+    /// }
+    /// ```
+    ///
+    /// A device of no particular context, such as an `ARef<virtio::Device>` kept beyond the
+    /// binding in a `'static` work item, cannot ask (no such method; `tests/test_compile_fail.py`
+    /// checks that this does not compile):
+    ///
+    /// ```ignore
+    /// // compile_fail: E0599
+    /// use kernel::virtio;
+    ///
+    /// fn later(dev: &virtio::Device) -> bool {
+    ///     dev.has_feature(virtio::Feature::new(1))
+    /// }
+    /// ```
     pub fn has_feature(&self, feature: Feature) -> bool {
         features::negotiated(self.as_raw(), feature)
-    }
-
-    /// Sets `DRIVER_OK` unless set; only while bound, from probe or restore.
-    fn ready_raw(&self) {
-        if u32::from(self.status()) & bindings::VIRTIO_CONFIG_S_DRIVER_OK != 0 {
-            return;
-        }
-        // SAFETY: By the type invariant `self.as_raw()` is a valid `struct virtio_device`, and
-        // the check above keeps the `WARN_ON()` in `virtio_device_ready()` from firing.
-        unsafe { bindings::virtio_device_ready(self.as_raw()) };
-    }
-
-    /// Returns the device status byte (`VIRTIO_CONFIG_S_*`).
-    fn status(&self) -> u8 {
-        // SAFETY: By the type invariant `self.as_raw()` is a valid `struct virtio_device`.
-        unsafe { bindings::virtio_get_status(self.as_raw()) }
     }
 }
 
@@ -510,17 +532,18 @@ impl<'a> Device<device::Core<'a>> {
     /// Marks the driver ready (`DRIVER_OK`): from now on the device may use the queues.
     ///
     /// A driver that needs the device working before probe returns calls this; otherwise the
-    /// virtio core does after probe. Calling it on a device already marked ready does nothing.
+    /// virtio core does after probe. Calling it on a device already marked ready does nothing,
+    /// nor on one reset since its queues were created.
     pub fn ready(&self) {
-        self.ready_raw();
+        virtqueue::ready(self);
     }
 
     /// Resets the device: it stops using the queues and its interrupt handlers have finished.
     ///
-    /// Buffers the device held stay in their queues until the [`Virtqueues`] are dropped.
+    /// Buffers the device held stay in their queues until the [`Virtqueues`] are dropped;
+    /// waiters on the queues return `EIO`.
     pub fn reset(&self) {
-        // SAFETY: By the type invariant `self.as_raw()` is a valid `struct virtio_device`.
-        unsafe { bindings::virtio_reset_device(self.as_raw()) };
+        virtqueue::reset(self);
     }
 }
 

@@ -251,11 +251,22 @@ impl Host<'_> {
     ) -> Result {
         let mut buf = slot.take().ok_or(EIO)?;
         let mut n = 0;
-        for frame in pages.flat_map(Pfn::frames_4k).take(PFNS_PER_REQUEST) {
-            buf[n] = le::U32::new(u32::try_from(frame)?);
-            n += 1;
-        }
-        let mut vq = self.vqs.lock::<PfnBuffer>(queue)?;
+        let fill = || -> Result {
+            for frame in pages.flat_map(Pfn::frames_4k).take(PFNS_PER_REQUEST) {
+                buf[n] = le::U32::new(u32::try_from(frame)?);
+                n += 1;
+            }
+            Ok(())
+        };
+        // Until the ring has it, the buffer goes back to its slot on every failure (a frozen
+        // device, say): the next request needs it.
+        let mut vq = match fill().and_then(|()| self.vqs.lock::<PfnBuffer>(queue)) {
+            Ok(vq) => vq,
+            Err(err) => {
+                **slot = Some(buf);
+                return Err(err);
+            }
+        };
         if let Err((err, buf)) = vq.add_outbuf(buf, n * size_of::<le::U32>(), GFP_KERNEL) {
             **slot = Some(buf);
             return Err(err);
@@ -505,6 +516,9 @@ impl Shrinker for Shared<'_> {
 }
 
 impl oom::Handler for Shared<'_> {
+    /// `VIRTIO_BALLOON_OOM_NOTIFY_PRIORITY`, as the C driver.
+    const PRIORITY: i32 = 80;
+
     fn out_of_memory(&self) -> usize {
         let freed = self.leak(OOM_PAGES);
         self.update_actual();
@@ -652,7 +666,8 @@ impl<'a> Shared<'a> {
                 reserve: reserve_pages(),
                 held_back: Atomic::new(false),
                 hints,
-                balloon <- Balloon::new(
+                balloon <- Balloon::new_for(
+                    binding,
                     managed,
                     try_pin_init!(Host {
                         vqs <- vqs,
@@ -924,6 +939,12 @@ impl virtio::Driver for VirtioBalloonDriver {
     ) -> Result {
         let vqs = &this.core.host().vqs;
         vqs.restore(dev)?;
+        // A request the device still held when the queues were deleted took its buffer along.
+        let mut pfns = this.core.host().pfns.lock();
+        if pfns.is_none() {
+            *pfns = Some(KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL)?);
+        }
+        drop(pfns);
         this.core.prime_stats()?;
         vqs.ready();
         this.core.update_actual();

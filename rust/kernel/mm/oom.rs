@@ -32,17 +32,24 @@ use crate::{
 
 /// What an OOM notifier does.
 pub trait Handler: Sync {
+    /// Where the notifier goes in the chain: higher runs first (`notifier_block.priority`).
+    const PRIORITY: i32 = 0;
+
     /// The system is out of memory: free what you can, return how many pages you freed.
     fn out_of_memory(&self) -> usize;
 }
 
 impl<T: Handler + ?Sized + Send> Handler for Arc<T> {
+    const PRIORITY: i32 = T::PRIORITY;
+
     fn out_of_memory(&self) -> usize {
         T::out_of_memory(self)
     }
 }
 
 impl<T: Handler + ?Sized> Handler for Pin<KBox<T>> {
+    const PRIORITY: i32 = T::PRIORITY;
+
     fn out_of_memory(&self) -> usize {
         T::out_of_memory(self)
     }
@@ -120,6 +127,7 @@ impl<H: Handler> Registration<H> {
                 unsafe {
                     nb.write(core::mem::zeroed());
                     (*nb).notifier_call = Some(Self::notify);
+                    (*nb).priority = H::PRIORITY;
                 }
                 // SAFETY: `nb` is initialised and pinned inside `this`, whose `handler` is
                 // initialised already (fields are initialised in order); `drop` unregisters it.

@@ -40,16 +40,21 @@
 //! A broken ring is not a stopped device: the device may still read and write what it was lent
 //! (a bogus used id breaks the ring, and the device goes on). So a wait returns `EIO` for a
 //! broken ring only once the device is reset, and only then may its caller reuse the memory.
-//! Resets are ordered by [`Quiesce`]: the queues' deletion (freeze, remove, a failed probe),
-//! shutdown, and a waiter whose driver is being unbound. A waiter resets the device only then,
-//! while the unbinding thread holds the device lock and waits for it: at any other time the
-//! virtio core may be writing the status byte, and a reset racing that can leave a device that
-//! never reads back 0 (`vp_reset()` then polls for ever). Until unbind, a broken device
-//! therefore keeps what it was lent, and its waiters sleep.
+//! Resets are ordered by [`Quiesce`], one per device: the queues' deletion (freeze, remove, a
+//! failed probe), shutdown, [`Device::reset`], and waiters. A waiter resets the device only
+//! while one of the driver's callbacks that hold the device lock runs (probe, freeze, restore,
+//! remove, shutdown), or once unbind has started: the virtio core writes the status byte only
+//! after those return, and they close the window under the same mutex first. At any other time
+//! a reset could race the core's read-modify-write of the status and leave a device that never
+//! reads back 0 (`vp_reset()` then polls for ever). Outside those windows a broken device
+//! therefore keeps what it was lent, and its waiters sleep until a window opens; the driver's
+//! own `DRIVER_OK` goes through the same mutex, and is not set on a device reset since its
+//! queues were created.
 //!
 //! Every notification is sent under the RCU read lock, and a reset breaks the rings, waits for
 //! an RCU grace period, and only then resets: `virtio_reset_device()` must not run while a
-//! notification is in progress.
+//! notification is in progress. Transports whose notification sleeps (remoteproc with a
+//! blocking mailbox) are therefore not supported.
 
 use super::Device;
 use crate::{
@@ -70,7 +75,10 @@ use crate::{
             Relaxed,
             Release, //
         },
-        rcu,
+        rcu::{
+            self,
+            synchronize_rcu, //
+        },
         Arc,
         CondVar,
         Mutex,
@@ -93,6 +101,7 @@ use core::{
     },
     ptr::{
         addr_of,
+        addr_of_mut,
         null,
         null_mut, //
     },
@@ -320,24 +329,27 @@ impl Slot {
     }
 }
 
-/// Orders the resets of a device with queues, and tells waiters whether one happened.
+/// Orders the resets and the `DRIVER_OK` of a device with queues, and tells waiters whether a
+/// reset happened and whether they may reset.
 ///
 /// A waiter whose ring broke must not return before the device is stopped (see the module
-/// documentation). Resets come from the queues' deletion, from shutdown, and from waiters while
-/// the driver is being unbound; waiters of several queues may need one at once. The mutex orders
-/// them; `done`, readable under a waiter's spin lock, says a reset completed since the queues
-/// were created. It is shared ([`Arc`]) so that the unbind paths, which find it through `priv`
-/// under a spin lock, can take the mutex after dropping that lock.
+/// documentation); waiters of several queues may need that at once, and the callbacks reset
+/// too. The mutex orders them. It is shared ([`Arc`]) so that the callbacks, which find it
+/// through `priv` under a spin lock, can take the mutex after dropping that lock.
 ///
 /// # Invariants
 ///
-/// While `done` is true, the device was broken and reset after the queues were last created,
-/// with no notification in progress, and has not been set up since.
+/// - While `done` is true, the device was broken and reset with no notification in progress,
+///   after the queues were last created, and its status was not set since.
+/// - `open` is true only while a callback of the driver that holds the device lock runs, or
+///   once the driver's unbind has started; it is cleared under `lock`.
 #[pin_data]
 struct Quiesce {
     #[pin]
     lock: Mutex<()>,
     done: Atomic<bool>,
+    /// Whether a waiter may reset the device.
+    open: Atomic<bool>,
     /// Whether a waiter already said that it waits for a reset.
     told: Atomic<bool>,
 }
@@ -348,6 +360,9 @@ impl Quiesce {
             pin_init!(Self {
                 lock <- new_mutex!(()),
                 done: Atomic::new(false),
+                // INVARIANT: Queues are made with a `Device<Core>`, inside a callback that holds
+                // the device lock, which closes the window before it returns.
+                open: Atomic::new(true),
                 told: Atomic::new(false),
             }),
             GFP_KERNEL,
@@ -357,6 +372,67 @@ impl Quiesce {
     /// Whether the device was reset since the queues were created.
     fn done(&self) -> bool {
         self.done.load(Acquire)
+    }
+
+    /// Whether a waiter may reset the device now; read under a waiter's `notify`, which
+    /// [`Quiesce::set_open`] takes after opening.
+    fn open(&self) -> bool {
+        self.open.load(Acquire)
+    }
+
+    /// Opens or closes the window in which waiters may reset `vdev`; opening wakes them.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` is a valid device, the one whose queues `self` belongs to. The caller holds the
+    /// device lock, in a callback of the driver (probe, freeze, restore, remove, shutdown), and
+    /// closes the window before the callback returns unless unbind has started.
+    unsafe fn set_open(&self, vdev: *mut bindings::virtio_device, open: bool) {
+        let guard = self.lock.lock();
+        // INVARIANT: By the safety requirements.
+        self.open.store(open, Release);
+        drop(guard);
+        if open {
+            // SAFETY: `vdev` is valid.
+            unsafe { for_each_slot(vdev, Slot::wake) };
+        }
+    }
+
+    /// Resets `vdev` for a waiter whose ring broke or whose grace period ended, if nobody did
+    /// and the window is open; returns whether the device is reset now.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` is a valid device, the one whose queues `self` belongs to.
+    unsafe fn try_reset(&self, vdev: *mut bindings::virtio_device) -> bool {
+        let guard = self.lock.lock();
+        if !self.done() {
+            if !self.open() {
+                return false;
+            }
+            // SAFETY: `vdev` is valid; the window is open and cannot close while we hold the
+            // lock: the callback that holds the device lock, or the unbinding thread, keeps the
+            // virtio core from writing the status meanwhile.
+            unsafe { self.stop_locked(vdev, || bindings::virtio_reset_device(vdev)) };
+        }
+        drop(guard);
+        // SAFETY: `vdev` is valid.
+        unsafe { for_each_slot(vdev, Slot::wake) };
+        true
+    }
+
+    /// Sets `DRIVER_OK` on `vdev` unless it is set, or the device was reset since its queues
+    /// were created (it would be ready without queues).
+    ///
+    /// # Safety
+    ///
+    /// `vdev` is a valid device, the one whose queues `self` belongs to, and its driver is bound.
+    unsafe fn ready(&self, vdev: *mut bindings::virtio_device) {
+        let _guard = self.lock.lock();
+        if !self.done() {
+            // SAFETY: By the safety requirements; a waiter's reset waits for `lock`.
+            unsafe { ready_raw(vdev) };
+        }
     }
 
     /// Breaks the rings of `vdev`, waits for the notifications in progress, and stops the device
@@ -373,23 +449,32 @@ impl Quiesce {
     unsafe fn stop(&self, vdev: *mut bindings::virtio_device, when: When, stop: impl FnOnce()) {
         let guard = self.lock.lock();
         if when == When::Always || !self.done() {
-            // SAFETY: `vdev` is a valid device (safety requirements); breaking a device without
-            // queues does nothing.
-            unsafe { bindings::virtio_break_device(vdev) };
-            // Every notification is sent under the RCU read lock, and `virtqueue_notify()`
-            // checks first that the ring is not broken ([`kick`]): after a grace period, none
-            // is in progress and none starts, as `virtio_reset_device()` requires.
-            // SAFETY: Called in process context, with no RCU read lock held (the ring mutex and
-            // `self.lock` are mutexes).
-            unsafe { bindings::synchronize_rcu() };
-            stop();
-            // INVARIANT: The device was just broken and stopped, with no notification in
-            // progress.
-            self.done.store(true, Release);
+            // SAFETY: By the safety requirements, with `lock` held.
+            unsafe { self.stop_locked(vdev, stop) };
         }
         drop(guard);
         // SAFETY: `vdev` is valid.
         unsafe { for_each_slot(vdev, Slot::wake) };
+    }
+
+    /// [`Quiesce::stop`]'s work, with `lock` held.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Quiesce::stop`]; the caller holds `lock`.
+    unsafe fn stop_locked(&self, vdev: *mut bindings::virtio_device, stop: impl FnOnce()) {
+        // SAFETY: `vdev` is a valid device (safety requirements); breaking a device without
+        // queues does nothing.
+        unsafe { bindings::virtio_break_device(vdev) };
+        // Every notification is sent under the RCU read lock, and `virtqueue_notify()` checks
+        // first that the ring is not broken ([`kick`]): after a grace period, none is in progress
+        // and none starts, as `virtio_reset_device()` requires. Callers sleep (they took a
+        // mutex), so they are not in an RCU read-side section.
+        synchronize_rcu();
+        stop();
+        // INVARIANT: The device was just broken and stopped, with no notification in progress,
+        // and `ready` takes `lock` before it sets the status.
+        self.done.store(true, Release);
     }
 
     /// Resets `vdev` (see [`Quiesce::stop`]).
@@ -402,16 +487,20 @@ impl Quiesce {
         unsafe { self.stop(vdev, when, || bindings::virtio_reset_device(vdev)) };
     }
 
-    /// Says once that `dev`'s ring is broken and its waiters wait for a reset.
-    fn tell(&self, vdev: *mut bindings::virtio_device) {
+    /// Says once that `vdev`'s ring is broken and its waiters wait for a reset.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` is a valid device.
+    unsafe fn tell(&self, vdev: *mut bindings::virtio_device) {
         if self.told.xchg(true, Relaxed) {
             return;
         }
-        // SAFETY: `vdev` is a valid device (callers' queues exist), and so is its `struct device`.
+        // SAFETY: `vdev` is a valid device (safety requirements), and so is its `struct device`.
         let dev: &device::Device = unsafe { device::Device::from_raw(&raw mut (*vdev).dev) };
         dev_err!(
             dev,
-            "a ring is broken: what the device was lent stays lent until it is reset\n"
+            "a ring is broken: what the device was lent stays lent until it can be reset\n"
         );
     }
 
@@ -427,19 +516,22 @@ impl Quiesce {
 /// Whether [`Quiesce::stop`] stops a device again that was stopped since the queues were created.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum When {
-    /// Always: the queues' deletion, shutdown, the end of remove with leaked queues.
+    /// Always: shutdown, [`Device::reset`].
     Always,
-    /// Only if nobody did: a waiter.
+    /// Only if nobody did: the queues' deletion, which also comes after a waiter's reset.
     Once,
 }
 
-/// What the unbind paths reach through `priv` without knowing the handler type: the first field
-/// of [`Virtqueues`].
+/// What the callbacks reach through `priv` without knowing the handler type: the first field of
+/// [`Virtqueues`].
 #[repr(C)]
 struct Head {
     slots: Pin<KBox<[Slot]>>,
     quiesce: Arc<Quiesce>,
 }
+
+// `with_head` reads a `Virtqueues` of any handler type through `priv` as its `Head`.
+const _: () = assert!(core::mem::offset_of!(Virtqueues<'static, ()>, head) == 0);
 
 /// One queue of the device: how it is created, and its ring while it exists.
 struct Queue {
@@ -655,9 +747,11 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     /// Marks the driver ready (`DRIVER_OK`): the device may use the queues from now on.
     ///
     /// Buffers may be added before, e.g. to prime a queue; the virtio core marks the driver
-    /// ready itself after probe. Does nothing if the driver already is.
+    /// ready itself after probe. Does nothing if the driver already is, or if the device was
+    /// reset since the queues were created (a broken device, or frozen queues).
     pub fn ready(&self) {
-        self.dev.ready_raw();
+        // SAFETY: `self.dev` is a bound device whose queues `self` are.
+        unsafe { self.head.quiesce.ready(self.dev.as_raw()) };
     }
 
     /// The handler given to [`Virtqueues::new`].
@@ -689,13 +783,13 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         }
         let vdev = self.dev.as_raw();
         // Only with the device reset may a waiter return and its caller reuse the memory the
-        // device had; `reset` wakes them once it is. Reset even if a waiter did: a driver may
-        // have reset the device since ([`Device::reset`]) without `Quiesce` knowing.
+        // device had; `reset` wakes them once it is. A reset since the queues were created
+        // (a waiter's, say) is enough: nothing set the status since.
         // SAFETY: `vdev` is a valid device with queues (`live`), those of `self.head.quiesce`.
         // Freeze and the fence's action hold the device lock, and so do remove and a failed
-        // probe, where drivers drop their queues; a drop elsewhere is a hazard (see the type's
-        // documentation), a race with the core's status writes that can hang, not unsafety.
-        unsafe { self.head.quiesce.reset(vdev, When::Always) };
+        // probe, where drivers drop their queues. (Dropped elsewhere, the reset may race the
+        // core's status writes: see the type's documentation.)
+        unsafe { self.head.quiesce.reset(vdev, When::Once) };
         for (queue, slot) in self.queues.iter().zip(self.head.slots.iter()) {
             // Waiters have left: the ring is broken.
             let _ring = slot.ring.lock();
@@ -853,8 +947,11 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
 #[pinned_drop]
 impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
     fn drop(mut self: Pin<&mut Self>) {
+        // SAFETY: Only `fence` is reached, which no interrupt handler or callback touches: no
+        // reference to the fields they read is made while they may hold shared ones.
+        let fence = unsafe { (*addr_of_mut!(self.as_mut().get_unchecked_mut().fence)).take() };
         // The fence acted only if `self` was leaked, which being dropped says it was not.
-        if UnbindFence::disarm_opt(self.as_mut().project().fence.take()) {
+        if UnbindFence::disarm_opt(fence) {
             self.delete();
             self.release();
         }
@@ -880,13 +977,73 @@ pub(super) fn shutdown(dev: &Device<device::CoreInternal<'_>>) {
 /// waiter may reset the device (see the module documentation); the waiters asleep now are woken
 /// to notice.
 pub(super) fn begin_unbind(dev: &Device<device::CoreInternal<'_>>) {
+    let vdev = dev.as_raw();
     // SAFETY: `dev` is a valid device.
     unsafe {
-        for_each_slot(dev.as_raw(), |slot| {
+        for_each_slot(vdev, |slot| {
             slot.unbinding.store(true, Relaxed);
             slot.wake();
         })
     };
+    // SAFETY: `vdev` is a valid device.
+    if let Some(quiesce) = unsafe { quiesce_of(vdev) } {
+        // SAFETY: `vdev` is valid and its queues are `quiesce`'s; we hold its lock (remove,
+        // shutdown), and unbind has started: the window stays open.
+        unsafe { quiesce.set_open(vdev, true) };
+    }
+}
+
+/// Opens (`open`) or closes the window in which the waiters of `dev`'s queues may reset it, at
+/// the start and at the end of a callback of the driver that holds the device lock (see the
+/// module documentation).
+pub(super) fn callback_window(dev: &Device<device::CoreInternal<'_>>, open: bool) {
+    let vdev = dev.as_raw();
+    // SAFETY: `vdev` is a valid device.
+    if let Some(quiesce) = unsafe { quiesce_of(vdev) } {
+        // SAFETY: `vdev` is valid and its queues are `quiesce`'s; we hold its lock in one of the
+        // driver's callbacks, which closes the window before it returns (callers).
+        unsafe { quiesce.set_open(vdev, open) };
+    }
+}
+
+/// Resets `dev`, ordered with the resets of its queues' waiters ([`Device::reset`]).
+pub(super) fn reset(dev: &Device<device::Core<'_>>) {
+    let vdev = dev.as_raw();
+    // SAFETY: `vdev` is a valid device.
+    match unsafe { quiesce_of(vdev) } {
+        // SAFETY: `vdev` is valid and its queues are `quiesce`'s; we hold the device lock
+        // (`Core`), and `virtio_reset_device()` stops the device.
+        Some(quiesce) => unsafe { quiesce.reset(vdev, When::Always) },
+        // SAFETY: `vdev` is a valid device.
+        None => unsafe { bindings::virtio_reset_device(vdev) },
+    }
+}
+
+/// Sets `DRIVER_OK` on `dev`, ordered with the resets of its queues' waiters ([`Device::ready`]).
+pub(super) fn ready(dev: &Device<device::Core<'_>>) {
+    let vdev = dev.as_raw();
+    // SAFETY: `vdev` is a valid device.
+    match unsafe { quiesce_of(vdev) } {
+        // SAFETY: `vdev` is valid, bound (`Core`), and its queues are `quiesce`'s.
+        Some(quiesce) => unsafe { quiesce.ready(vdev) },
+        // SAFETY: As above; without queues, nothing else resets the device.
+        None => unsafe { ready_raw(vdev) },
+    }
+}
+
+/// Sets `DRIVER_OK` unless set.
+///
+/// # Safety
+///
+/// `vdev` is a valid device whose driver is bound, and no reset runs meanwhile.
+unsafe fn ready_raw(vdev: *mut bindings::virtio_device) {
+    // SAFETY: `vdev` is valid (safety requirements).
+    let status = u32::from(unsafe { bindings::virtio_get_status(vdev) });
+    if status & bindings::VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+        // SAFETY: As above; the check keeps the `WARN_ON()` in `virtio_device_ready()` from
+        // firing.
+        unsafe { bindings::virtio_device_ready(vdev) };
+    }
 }
 
 /// Calls `f` on the [`Head`] of `vdev`'s queues, if it has any, under `vqs_list_lock`.
@@ -966,12 +1123,13 @@ unsafe fn wait(
     let vdev = unsafe { (*vq).vdev };
     // SAFETY: As above.
     let err = if unsafe { bindings::virtqueue_is_broken(vq) } {
-        // `Quiesce::stop` sets `done`, then takes `notify` to wake us.
+        // `Quiesce` sets `done` and `open`, then takes `notify` to wake us.
         if quiesce.done() {
             return Err(EIO);
         }
-        if !slot.unbinding() {
-            quiesce.tell(vdev);
+        if !quiesce.open() {
+            // SAFETY: `vdev` is valid.
+            unsafe { quiesce.tell(vdev) };
             slot.used.wait(&mut notify);
             return Ok(());
         }
@@ -989,13 +1147,12 @@ unsafe fn wait(
         ETIMEDOUT
     };
     drop(notify);
-    // SAFETY: `vdev` has queues, `quiesce`'s. The driver is being unbound (`sleep` only gives up
-    // then): the unbinding thread holds the device lock and waits for this waiter (it disables
-    // the work, or unregisters the notifier, the waiter runs in); or, for a leaked part of the
-    // driver, it reset the device through `quiesce` before it let go of the lock, and this does
-    // nothing.
-    unsafe { quiesce.reset(vdev, When::Once) };
-    Err(err)
+    // SAFETY: `vdev` has queues, `quiesce`'s.
+    if unsafe { quiesce.try_reset(vdev) } {
+        return Err(err);
+    }
+    // The window closed meanwhile: look again.
+    Ok(())
 }
 
 /// Breaks the queues the driver leaked, once its data is gone (after `remove()` or a failed
@@ -1197,8 +1354,9 @@ impl<B: Buffer> QueueGuard<'_, B> {
             if let Some(used) = self.get_buf() {
                 return Ok(used);
             }
-            if !self.is_broken() && self.num_free() == self.size() {
-                return Err(ENOENT);
+            // With nothing in the queue there is nothing to wait for, nor to protect.
+            if self.num_free() == self.size() {
+                return Err(if self.is_broken() { EIO } else { ENOENT });
             }
             // SAFETY: `self.vq` is live and we hold its ring mutex (type invariant), and
             // `self.quiesce` belongs to its queues.
