@@ -98,12 +98,14 @@ class Bound:
             return g.vmstat()["nr_balloon_pages"], g.free_pages()
         seen = []
         while True:
-            st = self.sim.state()
-            seen.append((st["requests_report"], g.free_pages(),
-                         g.vmstat()["nr_balloon_pages"]))
+            # The count is read before and after the guest's figures: a
+            # report that starts in between shows.
+            before = self.sim.state()["requests_report"]
+            free, held = g.free_pages(), g.vmstat()["nr_balloon_pages"]
+            seen.append((before, self.sim.state()["requests_report"], free, held))
             last = seen[-4:]
-            if len(last) == 4 and len({r for r, _, _ in last}) == 1:
-                return last[-1][2], last[-1][1]
+            if len(last) == 4 and len({c for r in last for c in r[:2]}) == 1:
+                return held, free
             assert time.monotonic() < deadline, f"reporting never went quiet: {seen[-6:]}"
             time.sleep(1)
 
@@ -447,39 +449,6 @@ def test_dead_device_deleted_while_driver_waits(request, which):
         gained = g.free_pages() - free
         assert gained * PAGE > held * PAGE - 4 * MiB, (held, gained)
         b.unload(check=False)
-        g.sync_log()
-        hits = g.splats(log0)
-        assert not hits, "\n".join(hits)
-    finally:
-        g.close()
-
-
-@pytest.mark.checks_splats
-@pytest.mark.parametrize("which", [pytest.param("c", marks=pytest.mark.xfail(
-    strict=True, reason="the C driver's freeze deflates and waits for ever for "
-    "the answer the broken ring lost (tell_host's wait_event): suspend hangs")),
-    "rust"])
-def test_broken_ring_during_suspend(request, which):
-    """The device answers a deflate with a bogus id while the driver
-    deflates for suspend (freeze, with the device lock held). Suspend must
-    finish, the device be reset before any of its pages is reused, and the
-    balloon come back after resume."""
-    g = own_guest(f"sim-suspend-{which}", append="init_on_free=1")
-    try:
-        log0 = g.log_size()
-        b = Bound(g, which, F_MUST_TELL_HOST)
-        b.inflate(64 * MiB)
-        b.sim.ctl("hostile bad_id deflate")
-        r = g.run("echo devices > /sys/power/pm_test && "
-                  "echo freeze > /sys/power/state; rc=$?; "
-                  "echo none > /sys/power/pm_test; exit $rc", timeout=120, check=False)
-        assert r.rc == 0, f"suspend failed ({r.rc}): {r.out}"
-        st = b.sim.state()
-        assert st["hostile_answers"] == 1, st
-        # Back at the target after resume, from a reset device.
-        b.sim.wait_actual(frames(64 * MiB), timeout=300)
-        st = b.finish(request)
-        assert st["resets"] >= 1, st
         g.sync_log()
         hits = g.splats(log0)
         assert not hits, "\n".join(hits)

@@ -423,7 +423,10 @@ impl<H: MigrationHandler> Balloon<H> {
 impl<H: MigrationHandler> PinnedDrop for Balloon<H> {
     fn drop(mut self: Pin<&mut Self>) {
         // The fence acted only if `self` was leaked, which being dropped says it was not.
-        if UnbindFence::disarm_opt(self.as_mut().project().fence.take()) {
+        // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
+        // reached through it, which no callback touches.
+        let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
+        if UnbindFence::disarm_opt(fence) {
             self.empty();
         }
     }

@@ -171,6 +171,14 @@ impl<T: Driver + 'static> Adapter<T> {
                 .inspect_err(|_| {
                     virtqueue::quiesce_leaked(dev);
                 })?;
+            // The virtio core sets `DRIVER_OK` once we return, which it must not on a device a
+            // waiter reset (a broken one): fail the probe instead. From now on waiters may no
+            // longer reset.
+            if virtqueue::callback_window(dev, false) {
+                dev_err!(dev.as_ref(), "the device broke during probe\n");
+                drop(data);
+                return Err(EIO);
+            }
 
             Private::publish(dev.as_ref(), data);
             // Work scheduled during probe was not queued (see `Device::schedule_work`).
@@ -179,7 +187,7 @@ impl<T: Driver + 'static> Adapter<T> {
             }
             Ok(0)
         });
-        // The virtio core sets the status once we return: waiters may no longer reset.
+        // On failure too, before the virtio core sets the status.
         virtqueue::callback_window(dev, false);
         ret
     }
@@ -267,8 +275,9 @@ impl<T: Driver + 'static> Adapter<T> {
         // `Pin<KBox<Private<'_, T>>>`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() }.data();
 
-        // While we hold the device lock, waiters may reset a broken device: `freeze` may wait
-        // on one (the balloon deflates).
+        // While we run (the PM core holds the transport's device lock, user space and freezable
+        // tasks are frozen, probing is blocked), waiters may reset a broken device: `freeze` may
+        // wait on one (the balloon deflates).
         virtqueue::callback_window(dev, true);
         let ret = from_result(|| T::freeze(dev, data).map(|()| 0));
         virtqueue::callback_window(dev, false);
@@ -297,10 +306,14 @@ impl<T: Driver + 'static> Adapter<T> {
         // `Pin<KBox<Private<'_, T>>>`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() }.data();
 
-        // As for freeze; the virtio core sets `DRIVER_OK` once we return.
+        // As for freeze. The virtio core sets `DRIVER_OK` once we return, which it must not on
+        // a device a waiter reset meanwhile: fail instead.
         virtqueue::callback_window(dev, true);
         let ret = from_result(|| T::restore(dev, data).map(|()| 0));
-        virtqueue::callback_window(dev, false);
+        if virtqueue::callback_window(dev, false) && ret == 0 {
+            dev_err!(dev.as_ref(), "the device broke during restore\n");
+            return EIO.to_errno();
+        }
         ret
     }
 }

@@ -89,6 +89,20 @@ impl UnbindFence {
             .inspect_err(|_| undo())
     }
 
+    /// Takes the fence out of a registration being dropped, through a pointer to its field.
+    ///
+    /// The registration's callbacks may still run while `drop` starts, holding shared references
+    /// to its other fields: a projection of the pinned registration would make unique references
+    /// to all of them.
+    ///
+    /// # Safety
+    ///
+    /// `fence` is valid for reads and writes, and nothing else accesses it meanwhile.
+    pub unsafe fn take(fence: *mut Option<Self>) -> Option<Self> {
+        // SAFETY: By the safety requirements.
+        unsafe { (*fence).take() }
+    }
+
     /// Disarms `fence` if there is one: `true` if the registration is to be ended by its owner,
     /// that is without a fence, or if [`UnbindFence::disarm`] says so.
     pub fn disarm_opt(fence: Option<Self>) -> bool {

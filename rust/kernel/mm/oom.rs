@@ -180,13 +180,15 @@ impl<H: Handler> Registration<H> {
 
 #[pinned_drop]
 impl<H: Handler> PinnedDrop for Registration<H> {
-    fn drop(self: Pin<&mut Self>) {
-        let this = self.project();
-        if UnbindFence::disarm_opt(this.fence.take()) {
+    fn drop(mut self: Pin<&mut Self>) {
+        // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
+        // reached through it, which no callback touches.
+        let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
+        if UnbindFence::disarm_opt(fence) {
             // SAFETY: By the type invariant `nb` is registered: the fence, if any, did not act.
             // Unregistering waits for running callbacks (the chain's rw semaphore), so none uses
             // `handler` afterwards.
-            unsafe { bindings::unregister_oom_notifier(this.nb.get()) };
+            unsafe { bindings::unregister_oom_notifier(self.nb.get()) };
         }
     }
 }

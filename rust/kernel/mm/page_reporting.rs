@@ -188,13 +188,15 @@ impl<R: Reporter> Registration<R> {
 
 #[pinned_drop]
 impl<R: Reporter> PinnedDrop for Registration<R> {
-    fn drop(self: Pin<&mut Self>) {
-        let this = self.project();
-        if UnbindFence::disarm_opt(this.fence.take()) {
+    fn drop(mut self: Pin<&mut Self>) {
+        // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
+        // reached through it, which no callback touches.
+        let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
+        if UnbindFence::disarm_opt(fence) {
             // SAFETY: By the type invariant `info` is registered: the fence did not act.
             // Unregistering cancels the reporting work and waits for it, so no callback uses
             // `reporter` afterwards.
-            unsafe { bindings::page_reporting_unregister(this.info.get()) };
+            unsafe { bindings::page_reporting_unregister(self.info.get()) };
         }
     }
 }

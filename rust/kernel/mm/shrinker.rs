@@ -220,12 +220,14 @@ impl<S: Shrinker> Registration<S> {
 
 #[pinned_drop]
 impl<S: Shrinker> PinnedDrop for Registration<S> {
-    fn drop(self: Pin<&mut Self>) {
-        let this = self.project();
-        if UnbindFence::disarm_opt(this.fence.take()) {
+    fn drop(mut self: Pin<&mut Self>) {
+        // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
+        // reached through it, which no callback touches.
+        let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
+        if UnbindFence::disarm_opt(fence) {
             // SAFETY: `shrinker` is registered (type invariant): the fence did not act. Freeing
             // it unregisters it and waits for running callbacks, so none uses `inner` afterwards.
-            unsafe { bindings::shrinker_free(this.shrinker.as_ptr()) };
+            unsafe { bindings::shrinker_free(self.shrinker.as_ptr()) };
         }
     }
 }

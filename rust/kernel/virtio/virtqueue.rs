@@ -101,7 +101,6 @@ use core::{
     },
     ptr::{
         addr_of,
-        addr_of_mut,
         null,
         null_mut, //
     },
@@ -387,15 +386,21 @@ impl Quiesce {
     /// `vdev` is a valid device, the one whose queues `self` belongs to. The caller holds the
     /// device lock, in a callback of the driver (probe, freeze, restore, remove, shutdown), and
     /// closes the window before the callback returns unless unbind has started.
-    unsafe fn set_open(&self, vdev: *mut bindings::virtio_device, open: bool) {
+    ///
+    /// Returns whether the device was reset since the queues were created, read under the
+    /// same lock: closing the window at the end of probe or restore, a reset one must not be
+    /// marked ready.
+    unsafe fn set_open(&self, vdev: *mut bindings::virtio_device, open: bool) -> bool {
         let guard = self.lock.lock();
         // INVARIANT: By the safety requirements.
         self.open.store(open, Release);
+        let done = self.done();
         drop(guard);
         if open {
             // SAFETY: `vdev` is valid.
             unsafe { for_each_slot(vdev, Slot::wake) };
         }
+        done
     }
 
     /// Resets `vdev` for a waiter whose ring broke or whose grace period ended, if nobody did
@@ -947,9 +952,9 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
 #[pinned_drop]
 impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
     fn drop(mut self: Pin<&mut Self>) {
-        // SAFETY: Only `fence` is reached, which no interrupt handler or callback touches: no
-        // reference to the fields they read is made while they may hold shared ones.
-        let fence = unsafe { (*addr_of_mut!(self.as_mut().get_unchecked_mut().fence)).take() };
+        // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
+        // reached through it, which no callback touches.
+        let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
         // The fence acted only if `self` was leaked, which being dropped says it was not.
         if UnbindFence::disarm_opt(fence) {
             self.delete();
@@ -994,16 +999,18 @@ pub(super) fn begin_unbind(dev: &Device<device::CoreInternal<'_>>) {
 }
 
 /// Opens (`open`) or closes the window in which the waiters of `dev`'s queues may reset it, at
-/// the start and at the end of a callback of the driver that holds the device lock (see the
-/// module documentation).
-pub(super) fn callback_window(dev: &Device<device::CoreInternal<'_>>, open: bool) {
+/// the start and at the end of a callback of the driver during which the virtio core does not
+/// touch the status (see the module documentation). Returns whether the device was reset since
+/// its queues were created.
+pub(super) fn callback_window(dev: &Device<device::CoreInternal<'_>>, open: bool) -> bool {
     let vdev = dev.as_raw();
     // SAFETY: `vdev` is a valid device.
-    if let Some(quiesce) = unsafe { quiesce_of(vdev) } {
-        // SAFETY: `vdev` is valid and its queues are `quiesce`'s; we hold its lock in one of the
-        // driver's callbacks, which closes the window before it returns (callers).
-        unsafe { quiesce.set_open(vdev, open) };
-    }
+    let Some(quiesce) = (unsafe { quiesce_of(vdev) }) else {
+        return false;
+    };
+    // SAFETY: `vdev` is valid and its queues are `quiesce`'s; we run in one of the driver's
+    // callbacks (probe, freeze, restore), which closes the window before it returns (callers).
+    unsafe { quiesce.set_open(vdev, open) }
 }
 
 /// Resets `dev`, ordered with the resets of its queues' waiters ([`Device::reset`]).
@@ -1106,8 +1113,8 @@ unsafe fn kick(vq: *mut bindings::virtqueue) -> bool {
 /// Returns `Ok(())` when the caller should look at the ring again, or the error that ends the
 /// wait: `EIO` for a broken ring, `ETIMEDOUT` when the unbind grace period ends first. An error
 /// comes only once the device is reset ([`Quiesce::done`]): it can no longer reach what it was
-/// lent. A waiter resets it itself only while the driver is being unbound (see the module
-/// documentation); before that, a broken ring's waiter sleeps until a reset or the unbind.
+/// lent. A waiter resets it itself only while the window is open (see the module
+/// documentation); outside it, a broken ring's waiter sleeps until a reset or the window opens.
 ///
 /// # Safety
 ///
@@ -1151,7 +1158,8 @@ unsafe fn wait(
     if unsafe { quiesce.try_reset(vdev) } {
         return Err(err);
     }
-    // The window closed meanwhile: look again.
+    // The window closed meanwhile (it only can for a broken ring: the grace period runs out only
+    // during unbind, when it stays open): look again.
     Ok(())
 }
 

@@ -248,7 +248,10 @@ impl<H: ScopedHandler> ScopedWork<H> {
 impl<H: ScopedHandler> PinnedDrop for ScopedWork<H> {
     fn drop(mut self: Pin<&mut Self>) {
         // Whether the fence acted or not, disabling again does no harm.
-        let _ = UnbindFence::disarm_opt(self.as_mut().project().fence.take());
+        // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
+        // reached through it, which no callback touches.
+        let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
+        let _ = UnbindFence::disarm_opt(fence);
         self.disable();
     }
 }
