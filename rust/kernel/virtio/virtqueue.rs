@@ -789,11 +789,11 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         let vdev = self.dev.as_raw();
         // Only with the device reset may a waiter return and its caller reuse the memory the
         // device had; `reset` wakes them once it is. A reset since the queues were created
-        // (a waiter's, say) is enough: nothing set the status since.
-        // SAFETY: `vdev` is a valid device with queues (`live`), those of `self.head.quiesce`.
-        // Freeze and the fence's action hold the device lock, and so do remove and a failed
-        // probe, where drivers drop their queues. (Dropped elsewhere, the reset may race the
-        // core's status writes: see the type's documentation.)
+        // (a waiter's, say) is enough: nothing set the status since. Freeze and the fence's
+        // action hold the device lock, and so do remove and a failed probe, where drivers drop
+        // their queues; dropped elsewhere, the reset may race the core (see the type's docs).
+        // SAFETY: `vdev` is a valid device with queues (`live`), those of `self.head.quiesce`,
+        // and the device lock is held (above).
         unsafe { self.head.quiesce.reset(vdev, When::Once) };
         for (queue, slot) in self.queues.iter().zip(self.head.slots.iter()) {
             // Waiters have left: the ring is broken.
