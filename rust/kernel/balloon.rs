@@ -335,9 +335,12 @@ impl<H: MigrationHandler> Balloon<H> {
     /// Number of pages isolated for migration at the moment of the call; the figure may change
     /// right after. A snapshot for statistics: [`Self::pages`] includes them.
     pub fn isolated(&self) -> usize {
-        // SAFETY: `info` is valid (type invariant); the core changes `isolated_pages` under
-        // its lock, and a racy read of an aligned word is what this method promises.
-        unsafe { core::ptr::read_volatile(&raw const (*self.info.get()).isolated_pages) }
+        // SAFETY: `info` is valid (type invariant), and the core only writes `isolated_pages`
+        // with aligned word-sized stores, under its lock: an atomic load (`READ_ONCE()`) sees one
+        // of the values written, as the kernel's memory model assumes of plain writes
+        // (`KCSAN_ASSUME_PLAIN_WRITES_ATOMIC`). The lock is `mm/balloon.c`'s own, out of reach.
+        let count = unsafe { Atomic::from_ptr(&raw mut (*self.info.get()).isolated_pages) };
+        count.load(Relaxed)
     }
 
     /// Puts a page in the balloon. The page is counted as ballooned (`balloon_inflate`,
@@ -374,7 +377,7 @@ impl<H: MigrationHandler> Balloon<H> {
         list.as_mut().pop()
     }
 
-    /// Moves up to `n` pages from the balloon to the end of `list`; returns how many. Fewer than
+    /// Moves up to `n` pages from the balloon to the head of `list`; returns how many. Fewer than
     /// `n` come out when the balloon has fewer on its list.
     pub fn dequeue_list(&self, list: Pin<&mut PageList>, n: usize) -> usize {
         // SAFETY: `info` is valid (type invariant) and `list` is initialised. The list version

@@ -30,7 +30,10 @@
 use crate::{
     bindings,
     device,
-    devres::Binding,
+    devres::{
+        Binding,
+        Gate, //
+    },
     driver,
     error::{
         from_result,
@@ -144,6 +147,7 @@ impl<T: Driver + 'static> Adapter<T> {
         // `struct virtio_device`, with the device lock held, during probe.
         let dev = unsafe { &*vdev.cast::<Device<device::Core<'_>>>() };
         let mut features = FeatureSet::new(dev);
+        let dev: &Device = dev;
 
         from_result(|| T::validate(dev, &mut features).map(|()| 0))
     }
@@ -162,20 +166,28 @@ impl<T: Driver + 'static> Adapter<T> {
 
         let ret = from_result(|| {
             let vdev = NonNull::new(vdev).ok_or(EINVAL)?;
-            // The driver data lives until remove; what outlives it (the device, statics) stays
-            // valid until the binding's devres actions run, after remove.
             let bound: &Device<device::Bound> = dev;
-            // SAFETY: As above.
-            let binding = unsafe { Binding::new(bound) };
-            let data = KBox::pin_init(Private::<T>::new(vdev, T::probe(dev, binding)), GFP_KERNEL)
-                .inspect_err(|_| {
-                    virtqueue::quiesce_leaked(dev);
-                })?;
+            // The binding's first devres action; closed when remove starts, or below if probe
+            // fails, before the devres actions run.
+            let gate = Gate::new(bound.as_ref())?;
+            // SAFETY: The driver data lives until remove; what outlives it (the device, statics)
+            // stays valid until the binding's devres actions run, after remove. `gate` is this
+            // binding's, made before the driver registers anything, and closed in time (above).
+            let binding = unsafe { Binding::new(bound, gate) };
+            let data = KBox::pin_init(
+                Private::<T>::new(vdev, gate, T::probe(dev, binding)),
+                GFP_KERNEL,
+            )
+            .inspect_err(|_| {
+                gate.close();
+                virtqueue::quiesce_leaked(dev);
+            })?;
             // The virtio core sets `DRIVER_OK` once we return, which it must not on a device a
             // waiter reset (a broken one): fail the probe instead. From now on waiters may no
             // longer reset.
             if virtqueue::callback_window(dev, false) {
                 dev_err!(dev.as_ref(), "the device broke during probe\n");
+                gate.close();
                 drop(data);
                 return Err(EIO);
             }
@@ -204,6 +216,8 @@ impl<T: Driver + 'static> Adapter<T> {
         // and stored a `Pin<KBox<Private<'_, T>>>`.
         let private = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() };
 
+        // Registrations made from now on (by a leaked one, say) would outlive the binding.
+        private.close_gate();
         // A device removed by surprise has broken rings: its waiters (the work, say) return. A
         // device that no longer answers gets a grace period, then a reset.
         virtqueue::begin_unbind(dev);
@@ -390,8 +404,10 @@ pub trait Driver {
 
     /// Checks or trims the negotiated features before they are final.
     ///
-    /// Runs before probe, without driver data.
-    fn validate(dev: &Device<device::Core<'_>>, features: &mut FeatureSet<'_>) -> Result {
+    /// Runs before probe, without driver data, before the features are final: `dev` is a plain
+    /// device, on which neither [`Device::ready`] nor [`Device::reset`] can be called (the virtio
+    /// core writes `FEATURES_OK` after this returns), and `features` answers feature questions.
+    fn validate(dev: &Device, features: &mut FeatureSet<'_>) -> Result {
         let _ = (dev, features);
         build_error!(VTABLE_DEFAULT_ERROR)
     }
@@ -547,6 +563,31 @@ impl<'a> Device<device::Core<'a>> {
     /// A driver that needs the device working before probe returns calls this; otherwise the
     /// virtio core does after probe. Calling it on a device already marked ready does nothing,
     /// nor on one reset since its queues were created.
+    ///
+    /// Only from a callback that holds the device lock (`Core`): the status is read, modified
+    /// and written, the transport may sleep doing so (vDPA takes a mutex), and after shutdown or
+    /// freeze the device must stay reset. Work, notifiers and queue callbacks have a
+    /// [`Device<Bound>`], which cannot (`tests/test_compile_fail.py` checks that this does not
+    /// compile):
+    ///
+    /// ```ignore
+    /// // compile_fail: E0599
+    /// use kernel::{device::Bound, virtio};
+    ///
+    /// fn from_work(dev: &virtio::Device<Bound>) {
+    ///     dev.ready();
+    /// }
+    /// ```
+    ///
+    /// From probe or restore:
+    ///
+    /// ```
+    /// use kernel::{device::Core, virtio};
+    ///
+    /// fn restore(dev: &virtio::Device<Core<'_>>) {
+    ///     dev.ready();
+    /// }
+    /// ```
     pub fn ready(&self) {
         virtqueue::ready(self);
     }

@@ -84,6 +84,7 @@ use kernel::{
     new_mutex, new_spinlock,
     page::PAGE_SIZE,
     prelude::*,
+    ratelimit::RateLimit,
     sync::{
         atomic::{
             Atomic,
@@ -303,6 +304,9 @@ struct Shared<'a> {
     /// Whether the reserve held inflation back since the target was last reached.
     held_back: Atomic<bool>,
     hints: Option<Pin<KBox<Hints>>>,
+    /// "Out of puff" repeats every 200 ms while memory is short: as in C, 10 per 5 s.
+    #[pin]
+    puff: RateLimit,
     #[pin]
     balloon: Balloon<Host<'a>>,
 }
@@ -377,7 +381,9 @@ impl Shared<'_> {
             } else {
                 let got = self.fill(want).unwrap_or(0);
                 if got < want {
-                    dev_info!(self.dev, "Out of puff! Can't get {} pages\n", want - got);
+                    if self.puff.allow() {
+                        dev_info!(self.dev, "Out of puff! Can't get {} pages\n", want - got);
+                    }
                     // Let reclaim make progress before trying again, as the C driver does.
                     fsleep(Delta::from_millis(200));
                 }
@@ -666,6 +672,7 @@ impl<'a> Shared<'a> {
                 reserve: reserve_pages(),
                 held_back: Atomic::new(false),
                 hints,
+                puff <- RateLimit::new(c"virtio_balloon"),
                 balloon <- Balloon::new_for(
                     binding,
                     managed,
@@ -836,7 +843,7 @@ impl<'a> VirtioBalloon<'a> {
             _: {
                 // The host may hold the device awake while the balloon moves (`power/wakeup`).
                 dev.set_wakeup_capable(true);
-                core.host().vqs.ready();
+                dev.ready();
                 // The host may be migrating the guest already.
                 if let Some(hinting) = &hinting {
                     hint_changed(hinting, core);
@@ -862,7 +869,12 @@ impl virtio::Driver for VirtioBalloonDriver {
         F_REPORTING,
     ];
 
-    fn validate(_dev: &virtio::Device<Core<'_>>, features: &mut FeatureSet<'_>) -> Result {
+    fn validate(_dev: &virtio::Device, features: &mut FeatureSet<'_>) -> Result {
+        // PFNs, statistics and command ids are written little-endian, which a legacy device
+        // reads in the guest's order (C's `cpu_to_virtio32()`): refuse where they differ.
+        if cfg!(target_endian = "big") && !features.has(Feature::VERSION_1) {
+            return Err(ENODEV);
+        }
         // Reported free pages may come back zeroed: only report if the host can be told what
         // free pages must contain, or if it does not matter.
         if !poison::init_on_free() && !poison::poisoning_enabled() {
@@ -946,7 +958,7 @@ impl virtio::Driver for VirtioBalloonDriver {
         }
         drop(pfns);
         this.core.prime_stats()?;
-        vqs.ready();
+        dev.ready();
         this.core.update_actual();
         // Inflate to the target again once the system has thawed, and hint if asked to.
         dev.schedule_work();

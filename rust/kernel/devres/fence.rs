@@ -13,8 +13,26 @@
 //! That is in time only for borrows that last until the device is unbound. A [`Binding<'a>`]
 //! says `'a` does: a bus abstraction hands one to its driver's probe, and a registration that
 //! takes one accepts only handlers that outlive `'a`.
+//!
+//! # Races with unbind
+//!
+//! `devres_release_all()` first takes every action off the device's list, then runs them one by
+//! one. Two things may happen meanwhile, on another thread or in an earlier action:
+//!
+//! - A registration is dropped: its fence is no longer on the list (`-ENOENT`), but its action
+//!   may not have run yet. The fence and its action share a [`Node`] that each tries to claim:
+//!   if the owner claims it first, it ends the registration itself and the action, when it
+//!   runs, only frees the node; if the action did, the owner waits until the action finished.
+//!   The owner never waits for an action that has not started, so a registration dropped by an
+//!   earlier devres action of the same device does not deadlock.
+//! - A registration is made: its action would be added to a list nobody releases any more. A
+//!   bus closes the binding's [`Gate`] when unbinding starts, before `devres_release_all()`, and
+//!   a closed gate arms no fence: making the registration fails with `ENODEV`.
 
-use core::marker::PhantomData;
+use core::{
+    marker::PhantomData,
+    ptr::NonNull, //
+};
 
 use crate::{
     bindings,
@@ -23,48 +41,124 @@ use crate::{
         Device, //
     },
     error::to_result,
+    new_mutex,
     prelude::*,
-    sync::aref::ARef, //
+    sync::{
+        aref::ARef,
+        atomic::{
+            Atomic,
+            Full, //
+        },
+        Completion,
+        Mutex, //
+    }, //
 };
+
+/// The fence is armed: neither its action nor its owner has claimed the registration.
+const ARMED: i32 = 0;
+/// The action claimed the registration: it ends it, then completes `done`.
+const ACTING: i32 = 1;
+/// The owner claimed the registration: it ends it, and the action frees the node.
+const OWNED: i32 = 2;
+
+/// What a fence shares with its devres action.
+///
+/// # Invariants
+///
+/// - `state` goes from [`ARMED`] to [`ACTING`] or [`OWNED`], once.
+/// - `done` is completed once `action(data)` returned, if `state` is [`ACTING`].
+/// - While `state` is [`OWNED`], the node belongs to the devres action, which frees it; otherwise
+///   to the [`UnbindFence`].
+#[pin_data]
+struct Node {
+    state: Atomic<i32>,
+    #[pin]
+    done: Completion,
+    action: unsafe extern "C" fn(*mut c_void),
+    data: *mut c_void,
+}
+
+impl Node {
+    /// The devres action of every fence.
+    ///
+    /// # Safety
+    ///
+    /// `node` comes from [`UnbindFence::arm`], whose caller vouches for its action; the devres
+    /// core calls this once.
+    unsafe extern "C" fn run(node: *mut c_void) {
+        let node = node.cast::<Self>();
+        // SAFETY: `node` is a live node (safety requirements): the owner frees it only after
+        // `done`, or leaves it to us.
+        let this = unsafe { &*node };
+        if this.state.cmpxchg(ARMED, ACTING, Full).is_ok() {
+            // SAFETY: The owner has not claimed the registration, and waits for `done` before it
+            // drops it; the caller of `arm` vouches for `action(data)`.
+            unsafe { (this.action)(this.data) };
+            this.done.complete_all();
+        } else {
+            // The owner ended the registration and is gone: `data` may be freed.
+            // SAFETY: By the type invariant, an `OWNED` node is ours, from `KBox::into_raw`.
+            drop(unsafe { KBox::from_raw(node) });
+        }
+    }
+}
 
 /// Ends a registration at unbind unless disarmed first.
 ///
 /// # Invariants
 ///
-/// `action(data)` is registered as a devres action of `dev` until [`UnbindFence::disarm`] removes
-/// it, or the device is unbound and runs it.
+/// `node` is a live [`Node`] (from `KBox::into_raw`) whose [`Node::run`] is registered as a
+/// devres action of `dev`, or was taken off the list by `devres_release_all()`; its state is not
+/// [`OWNED`].
 pub struct UnbindFence {
     dev: ARef<Device>,
-    action: unsafe extern "C" fn(*mut c_void),
-    data: *mut c_void,
+    node: NonNull<Node>,
 }
 
-// SAFETY: The fence only passes `data` back to the devres core; devres actions may be added and
-// removed from any thread.
+// SAFETY: The fence only passes its node to the devres core and to `Node::run`, which may run on
+// any thread; the node's state is atomic.
 unsafe impl Send for UnbindFence {}
 
 // SAFETY: `&UnbindFence` gives no access to anything.
 unsafe impl Sync for UnbindFence {}
 
 impl UnbindFence {
-    /// Arms `action(data)` to run when `dev` is unbound.
+    /// Arms `action(data)` to run when `dev` is unbound. Only [`Binding::fence`] calls this, with
+    /// its gate open.
     ///
     /// # Safety
     ///
     /// Until [`UnbindFence::disarm`] returns, calling `action(data)` once, from the unbinding of
     /// `dev`, is sound, and ends every use the registration makes of borrowed data.
-    pub unsafe fn arm(
+    unsafe fn arm(
         dev: &Device<Bound>,
         action: unsafe extern "C" fn(*mut c_void),
         data: *mut c_void,
     ) -> Result<Self> {
-        // SAFETY: `dev` is a bound device; the caller vouches for `action(data)`.
-        to_result(unsafe { bindings::devm_add_action(dev.as_raw(), Some(action), data) })?;
-        // INVARIANT: The action is registered.
+        let node = KBox::pin_init(
+            pin_init!(Node {
+                state: Atomic::new(ARMED),
+                done <- Completion::new(),
+                action,
+                data,
+            }),
+            GFP_KERNEL,
+        )?;
+        // SAFETY: The node is never moved: it is freed through the same pointer.
+        let node = KBox::into_raw(unsafe { Pin::into_inner_unchecked(node) });
+        // SAFETY: `dev` is a bound device; `Node::run` is sound for `node` (the caller vouches for
+        // `action(data)`).
+        let ret = unsafe { bindings::devm_add_action(dev.as_raw(), Some(Node::run), node.cast()) };
+        if let Err(e) = to_result(ret) {
+            // SAFETY: `node` is from `KBox::into_raw`, and no action was registered.
+            drop(unsafe { KBox::from_raw(node) });
+            return Err(e);
+        }
+        // INVARIANT: The action is registered, and nothing claimed the node.
         Ok(Self {
             dev: dev.into(),
-            action,
-            data,
+            // SAFETY: `KBox::into_raw` never returns null.
+            node: unsafe { NonNull::new_unchecked(node) },
         })
     }
 
@@ -73,7 +167,7 @@ impl UnbindFence {
     ///
     /// # Safety
     ///
-    /// As for [`UnbindFence::arm`].
+    /// As for [`Binding::fence`].
     pub unsafe fn arm_opt(
         binding: Option<Binding<'_>>,
         action: unsafe extern "C" fn(*mut c_void),
@@ -112,14 +206,74 @@ impl UnbindFence {
         }
     }
 
-    /// Disarms the fence: `true` if its action had not run and now will not, `false` if the
-    /// device was unbound and the action ran.
+    /// Disarms the fence: `true` if its action did not run and now will not, so that the owner
+    /// ends the registration; `false` if the device was unbound and the action ended it. Waits
+    /// for an action that is running.
     pub fn disarm(self) -> bool {
-        // SAFETY: `dev` is a valid device; removing an action that already ran finds nothing.
-        unsafe {
-            bindings::devm_remove_action_nowarn(self.dev.as_raw(), Some(self.action), self.data)
-                == 0
+        let node = self.node.as_ptr();
+        // SAFETY: `dev` is a valid device; an action taken off its list is not found.
+        let removed = unsafe {
+            bindings::devm_remove_action_nowarn(self.dev.as_raw(), Some(Node::run), node.cast())
+        } == 0;
+        if removed {
+            // SAFETY: The action will not run: the node is ours (type invariant).
+            drop(unsafe { KBox::from_raw(node) });
+            return true;
         }
+        // The device is being unbound, or was: the action is pending or ran.
+        // SAFETY: The node is live (type invariant).
+        let this = unsafe { &*node };
+        if this.state.cmpxchg(ARMED, OWNED, Full).is_ok() {
+            // INVARIANT: The node belongs to the pending action from now on.
+            return true;
+        }
+        this.done.wait_for_completion();
+        // SAFETY: The action finished with the node, which is ours (type invariant).
+        drop(unsafe { KBox::from_raw(node) });
+        false
+    }
+}
+
+/// Whether a binding still accepts fences: closed by its bus when unbinding starts.
+///
+/// Allocated with devres, as the first action of the binding: it is freed after every fence
+/// armed through it ran.
+#[pin_data]
+pub struct Gate {
+    #[pin]
+    open: Mutex<bool>,
+}
+
+impl Gate {
+    /// The gate of `dev`'s binding, freed when its devres actions have run.
+    pub fn new(dev: &Device<Bound>) -> Result<&Gate> {
+        let gate = KBox::pin_init(
+            pin_init!(Gate {
+                open <- new_mutex!(true),
+            }),
+            GFP_KERNEL,
+        )?;
+        // SAFETY: The gate is never moved: it is freed through the same pointer.
+        let gate = KBox::into_raw(unsafe { Pin::into_inner_unchecked(gate) });
+        // SAFETY: `dev` is bound; `free` takes the gate back once, at unbind (or now, on failure).
+        to_result(unsafe { bindings::devm_add_action_or_reset(dev.as_raw(), Some(Self::free), gate.cast()) })?;
+        // SAFETY: The gate lives until `dev`'s devres actions run, which is after `dev` stops
+        // being bound, so after the borrow of `dev` ends.
+        Ok(unsafe { &*gate })
+    }
+
+    /// # Safety
+    ///
+    /// `gate` comes from `KBox::into_raw` in [`Gate::new`]; called once.
+    unsafe extern "C" fn free(gate: *mut c_void) {
+        // SAFETY: By the safety requirements.
+        drop(unsafe { KBox::from_raw(gate.cast::<Self>()) });
+    }
+
+    /// Closes the gate: from now on no fence is armed through it. A bus calls this when
+    /// unbinding starts (and when probe fails), before the device's devres actions run.
+    pub fn close(&self) {
+        *self.open.lock() = false;
     }
 }
 
@@ -130,6 +284,7 @@ impl UnbindFence {
 /// anything that dies before the device is unbound.
 pub struct Binding<'a, D = Device<Bound>> {
     dev: &'a D,
+    gate: &'a Gate,
     _invariant: PhantomData<fn(&'a ()) -> &'a ()>,
 }
 
@@ -142,15 +297,18 @@ impl<D> Clone for Binding<'_, D> {
 impl<D> Copy for Binding<'_, D> {}
 
 impl<'a, D: AsRef<Device<Bound>>> Binding<'a, D> {
-    /// The binding of `dev`, for all of `'a`.
+    /// The binding of `dev`, for all of `'a`, whose fences `gate` admits.
     ///
     /// # Safety
     ///
-    /// Whatever outlives `'a` stays valid until the devres actions of `dev`'s current binding
-    /// have run, at unbind.
-    pub unsafe fn new(dev: &'a D) -> Self {
+    /// - Whatever outlives `'a` stays valid until the devres actions of `dev`'s current binding
+    ///   have run, at unbind.
+    /// - `gate` is `dev`'s, made by [`Gate::new`] for this binding before anything else that the
+    ///   driver registers with devres, and is closed before the devres actions run.
+    pub unsafe fn new(dev: &'a D, gate: &'a Gate) -> Self {
         Self {
             dev,
+            gate,
             _invariant: PhantomData,
         }
     }
@@ -164,20 +322,29 @@ impl<'a, D: AsRef<Device<Bound>>> Binding<'a, D> {
     pub fn generic(self) -> Binding<'a> {
         Binding {
             dev: self.dev.as_ref(),
+            gate: self.gate,
             _invariant: PhantomData,
         }
     }
 
-    /// Arms a fence on the bound device; see [`UnbindFence::arm`].
+    /// Arms `action(data)` to run when the device is unbound; fails with `ENODEV` once unbinding
+    /// has started.
     ///
     /// # Safety
     ///
-    /// As for [`UnbindFence::arm`].
+    /// Until [`UnbindFence::disarm`] returns, calling `action(data)` once, from the unbinding of
+    /// the device, is sound, and ends every use the registration makes of borrowed data.
     pub unsafe fn fence(
         &self,
         action: unsafe extern "C" fn(*mut c_void),
         data: *mut c_void,
     ) -> Result<UnbindFence> {
+        // Held while arming: `close()` returns only once no fence is being armed, so every fence
+        // is on the device's list before `devres_release_all()` takes it.
+        let open = self.gate.open.lock();
+        if !*open {
+            return Err(ENODEV);
+        }
         // SAFETY: By the safety requirements of this function.
         unsafe { UnbindFence::arm(self.dev.as_ref(), action, data) }
     }
@@ -186,10 +353,21 @@ impl<'a, D: AsRef<Device<Bound>>> Binding<'a, D> {
 #[cfg(CONFIG_KUNIT)]
 #[macros::kunit_tests(rust_kernel_unbind_fence)]
 mod tests {
-    use super::Binding;
+    use super::{
+        Binding,
+        Bound,
+        Device,
+        Gate,
+        UnbindFence, //
+    };
     use crate::{
+        devres,
         faux,
         prelude::*,
+        sync::atomic::{
+            Atomic,
+            Relaxed, //
+        },
         workqueue::{
             self,
             new_scoped_work,
@@ -198,6 +376,7 @@ mod tests {
             WorkQueue, //
         }, //
     };
+    use core::ptr::null_mut;
 
     struct Nop;
 
@@ -208,8 +387,11 @@ mod tests {
     #[test]
     fn a_leaked_work_item_is_disabled_at_unbind() -> Result {
         let reg = faux::Registration::new(c"rust-unbind-fence", None)?;
-        // SAFETY: `Nop` borrows nothing; the binding ends when `reg` is dropped.
-        let binding = unsafe { Binding::new(reg.as_ref()) };
+        let dev: &Device<Bound> = reg.as_ref().as_ref();
+        let gate = Gate::new(dev)?;
+        // SAFETY: `Nop` borrows nothing; the binding ends when `reg` is dropped, and nothing
+        // closes the gate before.
+        let binding = unsafe { Binding::new(dev, gate) };
         let queue = || WorkQueue::System(workqueue::system());
 
         // Dropped before unbind: the fence is disarmed, and unbind finds nothing to do.
@@ -224,6 +406,77 @@ mod tests {
         // Unbinding the device runs the fence, which disables the leaked work item.
         drop(reg);
         assert!(!work.queue());
+        Ok(())
+    }
+
+    static DROP_ACTED: Atomic<i32> = Atomic::new(0);
+    static DROP_OUTCOME: Atomic<i32> = Atomic::new(0);
+
+    extern "C" fn drop_action(_: *mut c_void) {
+        DROP_ACTED.fetch_add(1, Relaxed);
+    }
+
+    /// Owns a fence, and records what disarming it said: 1 "the owner ends the registration", 2
+    /// "the action ended it" (and it had), 3 "the action ended it" (but it had not yet).
+    struct Owner(Option<UnbindFence>);
+
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            let outcome = if UnbindFence::disarm_opt(self.0.take()) {
+                1
+            } else if DROP_ACTED.load(Relaxed) == 1 {
+                2
+            } else {
+                3
+            };
+            DROP_OUTCOME.store(outcome, Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_fence_dropped_during_unbind_ends_its_registration_once() -> Result {
+        let reg = faux::Registration::new(c"rust-unbind-fence-drop", None)?;
+        let dev: &Device<Bound> = reg.as_ref().as_ref();
+        let gate = Gate::new(dev)?;
+        // SAFETY: The action borrows nothing; the binding ends when `reg` is dropped.
+        let binding = unsafe { Binding::new(dev, gate) };
+        // SAFETY: `drop_action` uses nothing.
+        let fence = unsafe { binding.fence(drop_action, null_mut()) }?;
+        // Registered after the fence, so released before it: the owner is dropped while
+        // `devres_release_all()` holds the fence's action on its private list, not yet run.
+        devres::register(dev, Owner(Some(fence)), GFP_KERNEL)?;
+        drop(reg);
+        // The owner claimed the registration (it would have skipped ending it, the action
+        // pending, before the fence had a claim); the action, run after, did nothing.
+        assert_eq!(DROP_OUTCOME.load(Relaxed), 1);
+        assert_eq!(DROP_ACTED.load(Relaxed), 0);
+        Ok(())
+    }
+
+    static GATE_ACTED: Atomic<i32> = Atomic::new(0);
+
+    extern "C" fn gate_action(_: *mut c_void) {
+        GATE_ACTED.fetch_add(1, Relaxed);
+    }
+
+    #[test]
+    fn a_closed_gate_arms_no_fence() -> Result {
+        let reg = faux::Registration::new(c"rust-unbind-fence-gate", None)?;
+        let dev: &Device<Bound> = reg.as_ref().as_ref();
+        let gate = Gate::new(dev)?;
+        // SAFETY: The action borrows nothing; the binding ends when `reg` is dropped.
+        let binding = unsafe { Binding::new(dev, gate) };
+        // SAFETY: `gate_action` uses nothing.
+        let armed = unsafe { binding.fence(gate_action, null_mut()) }?;
+        // As a bus does when unbinding starts: a fence armed from now on would never run.
+        gate.close();
+        // SAFETY: As above.
+        let refused = unsafe { binding.fence(gate_action, null_mut()) };
+        assert_eq!(refused.err(), Some(ENODEV));
+        drop(reg);
+        // The fence armed before ran once; disarming it afterwards says so.
+        assert_eq!(GATE_ACTED.load(Relaxed), 1);
+        assert!(!armed.disarm());
         Ok(())
     }
 }

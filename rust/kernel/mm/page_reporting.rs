@@ -138,8 +138,6 @@ impl<R: Reporter> Registration<R> {
                 // initialised already; `drop` unregisters it.
                 to_result(unsafe { bindings::page_reporting_register(info) })
             }),
-            // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live registration, and
-            // unregistering it once ends every call to `reporter`.
             fence: {
                 // SAFETY: `info` was registered just before.
                 let undo = || unsafe { bindings::page_reporting_unregister(info.get()) };

@@ -29,13 +29,20 @@ use core::{
     ptr::NonNull, //
 };
 
+/// `SHRINK_STOP` (`~0UL`): nothing can be freed in this context.
+const SHRINK_STOP: c_ulong = !0;
+
+/// The highest count a shrinker reports: the value above it is `SHRINK_EMPTY`.
+const SHRINK_LIMIT: c_ulong = !0 - 2;
+
 /// What a shrinker frees.
 pub trait Shrinker: Sync {
     /// How many objects could be freed now.
     fn count(&self) -> usize;
 
     /// Frees about `nr_to_scan` objects; returns how many were freed, or `None` if nothing can be
-    /// freed in this context and reclaim should stop asking (`SHRINK_STOP`).
+    /// freed in this context and reclaim should stop asking (`SHRINK_STOP`). Counts above
+    /// `usize::MAX - 2` read as `usize::MAX - 2`, as do those of [`Shrinker::count`].
     fn scan(&self, nr_to_scan: usize) -> Option<usize>;
 }
 
@@ -202,7 +209,8 @@ impl<S: Shrinker> Registration<S> {
     ) -> c_ulong {
         // SAFETY: The shrinker core only calls this for the shrinker `register` set it on.
         let inner = unsafe { Self::inner(shrinker) };
-        inner.count()
+        // The two highest values mean `SHRINK_STOP` and `SHRINK_EMPTY` to the core.
+        inner.count().min(SHRINK_LIMIT)
     }
 
     extern "C" fn scan_callback(
@@ -213,8 +221,8 @@ impl<S: Shrinker> Registration<S> {
         let inner = unsafe { Self::inner(shrinker) };
         // SAFETY: The core passes a valid `shrink_control` for the duration of the call.
         let nr_to_scan = unsafe { (*sc).nr_to_scan };
-        // `None` is `SHRINK_STOP`, which bindgen cannot type.
-        inner.scan(nr_to_scan).unwrap_or(!0)
+        // `None` is `SHRINK_STOP`, which bindgen cannot type; a count must not read as it.
+        inner.scan(nr_to_scan).map_or(SHRINK_STOP, |n| n.min(SHRINK_LIMIT))
     }
 }
 

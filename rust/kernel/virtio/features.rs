@@ -45,6 +45,10 @@ impl Feature {
     /// (DMA addresses, not physical ones).
     pub const ACCESS_PLATFORM: Self = Self::new(bindings::VIRTIO_F_ACCESS_PLATFORM);
 
+    /// `VIRTIO_F_VERSION_1`: a modern device, whose rings and buffers are little-endian. A
+    /// legacy device uses the guest's byte order.
+    pub const VERSION_1: Self = Self::new(bindings::VIRTIO_F_VERSION_1);
+
     /// The bit number.
     pub const fn bit(self) -> u32 {
         self.0

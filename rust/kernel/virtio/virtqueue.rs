@@ -749,16 +749,6 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         handler.used(queue);
     }
 
-    /// Marks the driver ready (`DRIVER_OK`): the device may use the queues from now on.
-    ///
-    /// Buffers may be added before, e.g. to prime a queue; the virtio core marks the driver
-    /// ready itself after probe. Does nothing if the driver already is, or if the device was
-    /// reset since the queues were created (a broken device, or frozen queues).
-    pub fn ready(&self) {
-        // SAFETY: `self.dev` is a bound device whose queues `self` are.
-        unsafe { self.head.quiesce.ready(self.dev.as_raw()) };
-    }
-
     /// The handler given to [`Virtqueues::new`].
     pub fn handler(&self) -> &H {
         &self.handler

@@ -20,9 +20,12 @@
 //!   looks at its own state rather than at why it was scheduled loses no event.
 //! - Remove disables the work item (waiting for a running instance) before [`Driver::unbind`].
 //!   Scheduling it after that does nothing.
-//! - Everything that may call [`Device::schedule_work`] is either an adapter callback the virtio
-//!   core stops before remove, or part of the driver data (queue callbacks, notifiers), which is
-//!   torn down before the driver data's memory is freed.
+//! - [`Device::schedule_work`] may be called by anything that holds the bound device: adapter
+//!   callbacks, parts of the driver data, but also registrations a driver leaked, which run
+//!   until their fences act, after remove. It reads the driver data pointer and queues the work
+//!   inside one RCU read-side critical section; remove clears the pointer, waits for a grace
+//!   period, and only then frees the driver data. A caller either finds the pointer cleared or
+//!   queues on a work item that is still allocated (and disabled, so nothing runs).
 //!
 //! # Wakeup source
 //!
@@ -42,12 +45,19 @@ use super::{
 use crate::{
     bindings,
     device,
+    devres::Gate,
     prelude::*,
-    sync::atomic::{
-        Acquire,
-        Atomic,
-        Relaxed,
-        Release, //
+    sync::{
+        atomic::{
+            Acquire,
+            Atomic,
+            Relaxed,
+            Release, //
+        },
+        rcu::{
+            self,
+            synchronize_rcu, //
+        }, //
     },
     types::{
         ForeignOwnable,
@@ -65,12 +75,14 @@ use core::ptr::NonNull;
 ///
 /// - `work` is initialised with [`Private::run`] as its function.
 /// - `vdev` is the device `data` was probed for; it outlives `self`.
+/// - `gate` is the gate of the binding `data` was probed with.
 #[repr(C)]
 #[pin_data(PinnedDrop)]
 pub struct Private<'bound, T: Driver> {
     #[pin]
     work: Opaque<bindings::work_struct>,
     vdev: NonNull<bindings::virtio_device>,
+    gate: &'bound Gate,
     #[pin]
     data: T::Data<'bound>,
 }
@@ -86,6 +98,7 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
     /// Initialises the work item, then the driver's data from `data`.
     pub(super) fn new(
         vdev: NonNull<bindings::virtio_device>,
+        gate: &'bound Gate,
         data: impl PinInit<T::Data<'bound>, Error> + 'bound,
     ) -> impl PinInit<Self, Error> + 'bound {
         try_pin_init!(Self {
@@ -103,6 +116,7 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
                 }
             }),
             vdev,
+            gate,
             data <- data,
         }? Error)
     }
@@ -122,7 +136,8 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
     /// Takes the driver data back from `dev`: the reverse of [`Private::publish`].
     ///
     /// The pointer is cleared atomically, as [`Device::schedule_work`] may still read it from a
-    /// queue callback until the driver's queues are deleted; from then on it queues nothing.
+    /// queue callback until the driver's queues are deleted, or from a leaked registration until
+    /// the device's devres actions run; after a grace period, nobody uses the old pointer.
     ///
     /// # Safety
     ///
@@ -135,6 +150,9 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
         // readers that may race with this store.
         let slot = unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) };
         let ptr = slot.xchg(core::ptr::null_mut(), Relaxed);
+        // `schedule_work()` reads the pointer and queues the work within one RCU read-side
+        // critical section: once this returns, none uses `ptr` any more.
+        synchronize_rcu();
         // SAFETY: By the safety requirements, `ptr` comes from `into_foreign()` in `publish`, and
         // is given back once: the pointer is null now.
         unsafe { Pin::<KBox<Self>>::from_foreign(ptr.cast()) }
@@ -168,6 +186,11 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
 }
 
 impl<T: Driver> Private<'_, T> {
+    /// Closes the binding's gate: no fence is armed from now on (unbinding starts).
+    pub(super) fn close_gate(&self) {
+        self.gate.close();
+    }
+
     /// Disables the work item and waits for a running instance: it will not run again.
     pub(super) fn disable_work(&self) {
         // SAFETY: `work` is initialised by the type invariant.
@@ -203,13 +226,16 @@ impl Device<device::Bound> {
         // SAFETY: `self` is a valid device; `driver_data` is published with release ordering by
         // `Private::publish`.
         let slot = unsafe { Atomic::from_ptr(&raw mut (*self.as_raw()).dev.driver_data) };
+        // Holds off the freeing of the driver data (`Private::unpublish`) until queued.
+        let rcu = rcu::read_lock();
         let ptr = slot.load(Acquire);
         if ptr.is_null() {
             return false;
         }
         // SAFETY: The device is bound to a Rust virtio driver, whose driver data is a `Private`
-        // with its work item at offset 0, alive until after every caller of this function is gone
-        // (see the module documentation). `system_freezable_wq` lives forever.
+        // with its work item at offset 0. `Private::unpublish` clears the pointer and waits for
+        // a grace period before the `Private` is freed: it is allocated until `rcu` is dropped.
+        // `system_freezable_wq` lives forever.
         let queued = unsafe {
             bindings::queue_work_on(
                 bindings::wq_misc_consts_WORK_CPU_UNBOUND as c_int,
@@ -217,6 +243,7 @@ impl Device<device::Bound> {
                 ptr.cast(),
             )
         };
+        drop(rcu);
         if queued {
             self.stay_awake();
         }
