@@ -255,8 +255,11 @@ impl Gate {
         )?;
         // SAFETY: The gate is never moved: it is freed through the same pointer.
         let gate = KBox::into_raw(unsafe { Pin::into_inner_unchecked(gate) });
-        // SAFETY: `dev` is bound; `free` takes the gate back once, at unbind (or now, on failure).
-        to_result(unsafe { bindings::devm_add_action_or_reset(dev.as_raw(), Some(Self::free), gate.cast()) })?;
+        // SAFETY: `dev` is bound; `free` takes the gate back once, at unbind (or now, on
+        // failure).
+        to_result(unsafe {
+            bindings::devm_add_action_or_reset(dev.as_raw(), Some(Self::free), gate.cast())
+        })?;
         // SAFETY: The gate lives until `dev`'s devres actions run, which is after `dev` stops
         // being bound, so after the borrow of `dev` ends.
         Ok(unsafe { &*gate })

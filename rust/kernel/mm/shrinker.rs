@@ -222,7 +222,9 @@ impl<S: Shrinker> Registration<S> {
         // SAFETY: The core passes a valid `shrink_control` for the duration of the call.
         let nr_to_scan = unsafe { (*sc).nr_to_scan };
         // `None` is `SHRINK_STOP`, which bindgen cannot type; a count must not read as it.
-        inner.scan(nr_to_scan).map_or(SHRINK_STOP, |n| n.min(SHRINK_LIMIT))
+        inner
+            .scan(nr_to_scan)
+            .map_or(SHRINK_STOP, |n| n.min(SHRINK_LIMIT))
     }
 }
 
