@@ -335,10 +335,11 @@ impl<H: MigrationHandler> Balloon<H> {
     /// Number of pages isolated for migration at the moment of the call; the figure may change
     /// right after. A snapshot for statistics: [`Self::pages`] includes them.
     pub fn isolated(&self) -> usize {
-        // SAFETY: `info` is valid (type invariant), and the core only writes `isolated_pages`
-        // with aligned word-sized stores, under its lock: an atomic load (`READ_ONCE()`) sees one
-        // of the values written, as the kernel's memory model assumes of plain writes
-        // (`KCSAN_ASSUME_PLAIN_WRITES_ATOMIC`). The lock is `mm/balloon.c`'s own, out of reach.
+        // SAFETY: `info` is valid (type invariant). The core changes `isolated_pages` with a
+        // plain `++`/`--` under `mm/balloon.c`'s own lock, out of reach here: this marked read
+        // races with those writes, deliberately, as C's `data_race(READ_ONCE())` would. An
+        // aligned word is neither torn by the stores nor by the load, so the value read is one
+        // that was written; it is only a snapshot.
         let count = unsafe { Atomic::from_ptr(&raw mut (*self.info.get()).isolated_pages) };
         count.load(Relaxed)
     }

@@ -43,8 +43,8 @@ unsafe impl Sync for RateLimit {}
 
 impl RateLimit {
     /// A rate limit that allows `DEFAULT_RATELIMIT_BURST` events every
-    /// `DEFAULT_RATELIMIT_INTERVAL`. When a new interval starts, the events refused in the last
-    /// one are logged as "`name`: N callbacks suppressed".
+    /// `DEFAULT_RATELIMIT_INTERVAL`. The first [`RateLimit::allow`] of a new interval logs the
+    /// events refused in the last one as "`name`: N callbacks suppressed".
     pub fn new(name: &'static CStr) -> impl PinInit<Self> {
         pin_init!(Self {
             // SAFETY: `slot` is valid for writes; `ratelimit_default_init()` initialises it

@@ -169,7 +169,9 @@ impl<T: Driver + 'static> Adapter<T> {
             let bound: &Device<device::Bound> = dev;
             // The binding's first devres action; closed when remove starts, or below if probe
             // fails, before the devres actions run.
-            let gate = Gate::new(bound.as_ref())?;
+            // SAFETY: Before the driver's probe, so the binding's first devres action; nothing
+            // of the driver runs once the devres actions have run (its fences).
+            let gate = unsafe { Gate::new(bound.as_ref()) }?;
             // SAFETY: The driver data lives until remove; what outlives it (the device, statics)
             // stays valid until the binding's devres actions run, after remove. `gate` is this
             // binding's, made before the driver registers anything, and closed in time (above).
@@ -295,6 +297,15 @@ impl<T: Driver + 'static> Adapter<T> {
         virtqueue::callback_window(dev, true);
         let ret = from_result(|| T::freeze(dev, data).map(|()| 0));
         virtqueue::callback_window(dev, false);
+        // The virtio core suspends the device as the driver left it: one whose queues still run
+        // would use guest memory across the suspend, and find no rings after resume.
+        if ret == 0 && virtqueue::live(dev) {
+            dev_err!(
+                dev.as_ref(),
+                "freeze left the queues live: suspend refused\n"
+            );
+            return EBUSY.to_errno();
+        }
         ret
     }
 
@@ -428,7 +439,8 @@ pub trait Driver {
     /// Unbinds the driver: the last moment the device still works.
     ///
     /// When this returns the driver data is dropped (its [`Virtqueues`] reset the device) and the
-    /// device is reset, all before `remove()` returns.
+    /// device is reset, all before `remove()` returns. The binding accepts no new fenced
+    /// registration from the start of `remove()` on: one made now fails with `ENODEV`.
     fn unbind<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         let _ = (dev, this);
     }
@@ -466,7 +478,8 @@ pub trait Driver {
     /// deletes the queues.
     ///
     /// The driver's work does not run meanwhile: the system is frozen. Implementing `freeze`
-    /// requires implementing [`Driver::restore`] too.
+    /// requires implementing [`Driver::restore`] too. A `freeze` that returns `Ok` with queues
+    /// neither frozen nor reset fails with `EBUSY`: the device would be suspended running.
     fn freeze<'bound>(
         dev: &'bound Device<device::Core<'_>>,
         this: Pin<&Self::Data<'bound>>,

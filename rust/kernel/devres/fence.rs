@@ -66,7 +66,7 @@ const OWNED: i32 = 2;
 /// # Invariants
 ///
 /// - `state` goes from [`ARMED`] to [`ACTING`] or [`OWNED`], once.
-/// - `done` is completed once `action(data)` returned, if `state` is [`ACTING`].
+/// - If `state` is [`ACTING`], `done` is completed only after `action(data)` returned.
 /// - While `state` is [`OWNED`], the node belongs to the devres action, which frees it; otherwise
 ///   to the [`UnbindFence`].
 #[pin_data]
@@ -105,11 +105,14 @@ impl Node {
 
 /// Ends a registration at unbind unless disarmed first.
 ///
+/// Dropped without [`UnbindFence::disarm`], the fence stays armed: its action runs at unbind.
+///
 /// # Invariants
 ///
 /// `node` is a live [`Node`] (from `KBox::into_raw`) whose [`Node::run`] is registered as a
 /// devres action of `dev`, or was taken off the list by `devres_release_all()`; its state is not
 /// [`OWNED`].
+#[must_use = "a fence that is not disarmed acts at unbind"]
 pub struct UnbindFence {
     dev: ARef<Device>,
     node: NonNull<Node>,
@@ -123,18 +126,9 @@ unsafe impl Send for UnbindFence {}
 unsafe impl Sync for UnbindFence {}
 
 impl UnbindFence {
-    /// Arms `action(data)` to run when `dev` is unbound. Only [`Binding::fence`] calls this, with
-    /// its gate open.
-    ///
-    /// # Safety
-    ///
-    /// Until [`UnbindFence::disarm`] returns, calling `action(data)` once, from the unbinding of
-    /// `dev`, is sound, and ends every use the registration makes of borrowed data.
-    unsafe fn arm(
-        dev: &Device<Bound>,
-        action: unsafe extern "C" fn(*mut c_void),
-        data: *mut c_void,
-    ) -> Result<Self> {
+    /// The node of a fence for `action(data)`, allocated before [`Binding::fence`] takes its
+    /// gate's lock.
+    fn node(action: unsafe extern "C" fn(*mut c_void), data: *mut c_void) -> Result<*mut Node> {
         let node = KBox::pin_init(
             pin_init!(Node {
                 state: Atomic::new(ARMED),
@@ -145,7 +139,18 @@ impl UnbindFence {
             GFP_KERNEL,
         )?;
         // SAFETY: The node is never moved: it is freed through the same pointer.
-        let node = KBox::into_raw(unsafe { Pin::into_inner_unchecked(node) });
+        Ok(KBox::into_raw(unsafe { Pin::into_inner_unchecked(node) }))
+    }
+
+    /// Arms `node` to run when `dev` is unbound. Only [`Binding::fence`] calls this, with its
+    /// gate open.
+    ///
+    /// # Safety
+    ///
+    /// `node` comes from [`UnbindFence::node`] and is not used by the caller after this. Until
+    /// [`UnbindFence::disarm`] returns, calling its `action(data)` once, from the unbinding of
+    /// `dev`, is sound, and ends every use the registration makes of borrowed data.
+    unsafe fn arm(dev: &Device<Bound>, node: *mut Node) -> Result<Self> {
         // SAFETY: `dev` is a bound device; `Node::run` is sound for `node` (the caller vouches for
         // `action(data)`).
         let ret = unsafe { bindings::devm_add_action(dev.as_raw(), Some(Node::run), node.cast()) };
@@ -236,8 +241,7 @@ impl UnbindFence {
 
 /// Whether a binding still accepts fences: closed by its bus when unbinding starts.
 ///
-/// Allocated with devres, as the first action of the binding: it is freed after every fence
-/// armed through it ran.
+/// Made by bus abstractions only, for [`Binding::new`].
 #[pin_data]
 pub struct Gate {
     #[pin]
@@ -246,7 +250,13 @@ pub struct Gate {
 
 impl Gate {
     /// The gate of `dev`'s binding, freed when its devres actions have run.
-    pub fn new(dev: &Device<Bound>) -> Result<&Gate> {
+    ///
+    /// # Safety
+    ///
+    /// Called by the bus abstraction before its driver's probe, so that the gate is `dev`'s first
+    /// devres action of this binding and is freed after every fence armed through it ran: no
+    /// handler that could use a [`Binding`] of it runs any more by then.
+    pub unsafe fn new(dev: &Device<Bound>) -> Result<&Gate> {
         let gate = KBox::pin_init(
             pin_init!(Gate {
                 open <- new_mutex!(true),
@@ -260,8 +270,8 @@ impl Gate {
         to_result(unsafe {
             bindings::devm_add_action_or_reset(dev.as_raw(), Some(Self::free), gate.cast())
         })?;
-        // SAFETY: The gate lives until `dev`'s devres actions run, which is after `dev` stops
-        // being bound, so after the borrow of `dev` ends.
+        // SAFETY: The gate lives until `dev`'s devres actions have run, after the handlers that
+        // could reach it stopped (safety requirements).
         Ok(unsafe { &*gate })
     }
 
@@ -316,7 +326,11 @@ impl<'a, D: AsRef<Device<Bound>>> Binding<'a, D> {
         }
     }
 
-    /// The bound device.
+    /// The bound device, for as long as the binding lasts.
+    ///
+    /// A leaked registration may still use it while the device's devres actions run, until its
+    /// fence acts: a `Devres` registered after that fence is revoked by then, so such a handler
+    /// must reach devres-managed resources with `Devres::try_access`, not `Devres::access`.
     pub fn device(&self) -> &'a D {
         self.dev
     }
@@ -331,25 +345,32 @@ impl<'a, D: AsRef<Device<Bound>>> Binding<'a, D> {
     }
 
     /// Arms `action(data)` to run when the device is unbound; fails with `ENODEV` once unbinding
-    /// has started.
+    /// has started (from the bus's remove on), in which case the caller undoes its registration.
+    /// Sleeps; not from memory reclaim (a shrinker's callback, say), as arming allocates under the
+    /// gate's lock.
     ///
     /// # Safety
     ///
     /// Until [`UnbindFence::disarm`] returns, calling `action(data)` once, from the unbinding of
     /// the device, is sound, and ends every use the registration makes of borrowed data.
+    /// `action` does not drop the registration (its drop would wait for the action).
     pub unsafe fn fence(
         &self,
         action: unsafe extern "C" fn(*mut c_void),
         data: *mut c_void,
     ) -> Result<UnbindFence> {
+        let node = UnbindFence::node(action, data)?;
         // Held while arming: `close()` returns only once no fence is being armed, so every fence
         // is on the device's list before `devres_release_all()` takes it.
         let open = self.gate.open.lock();
         if !*open {
+            drop(open);
+            // SAFETY: `node` is from `KBox::into_raw`, and was never registered.
+            drop(unsafe { KBox::from_raw(node) });
             return Err(ENODEV);
         }
-        // SAFETY: By the safety requirements of this function.
-        unsafe { UnbindFence::arm(self.dev.as_ref(), action, data) }
+        // SAFETY: `node` is new and handed over; the caller vouches for `action(data)`.
+        unsafe { UnbindFence::arm(self.dev.as_ref(), node) }
     }
 }
 
@@ -391,9 +412,11 @@ mod tests {
     fn a_leaked_work_item_is_disabled_at_unbind() -> Result {
         let reg = faux::Registration::new(c"rust-unbind-fence", None)?;
         let dev: &Device<Bound> = reg.as_ref().as_ref();
-        let gate = Gate::new(dev)?;
-        // SAFETY: `Nop` borrows nothing; the binding ends when `reg` is dropped, and nothing
-        // closes the gate before.
+        // SAFETY: The gate is the test's first devres action on the faux device, and nothing
+        // that could use it runs after the device is unbound.
+        let gate = unsafe { Gate::new(dev) }?;
+        // SAFETY: `Nop` borrows nothing; the binding ends when `reg` is dropped. The gate is not
+        // closed, which only matters to a fence armed during unbind: no thread arms one here.
         let binding = unsafe { Binding::new(dev, gate) };
         let queue = || WorkQueue::System(workqueue::system());
 
@@ -440,8 +463,10 @@ mod tests {
     fn a_fence_dropped_during_unbind_ends_its_registration_once() -> Result {
         let reg = faux::Registration::new(c"rust-unbind-fence-drop", None)?;
         let dev: &Device<Bound> = reg.as_ref().as_ref();
-        let gate = Gate::new(dev)?;
-        // SAFETY: The action borrows nothing; the binding ends when `reg` is dropped.
+        // SAFETY: As in the first test.
+        let gate = unsafe { Gate::new(dev) }?;
+        // SAFETY: The action borrows nothing; the binding ends when `reg` is dropped, and no
+        // thread arms a fence during unbind.
         let binding = unsafe { Binding::new(dev, gate) };
         // SAFETY: `drop_action` uses nothing.
         let fence = unsafe { binding.fence(drop_action, null_mut()) }?;
@@ -466,8 +491,10 @@ mod tests {
     fn a_closed_gate_arms_no_fence() -> Result {
         let reg = faux::Registration::new(c"rust-unbind-fence-gate", None)?;
         let dev: &Device<Bound> = reg.as_ref().as_ref();
-        let gate = Gate::new(dev)?;
-        // SAFETY: The action borrows nothing; the binding ends when `reg` is dropped.
+        // SAFETY: As in the first test.
+        let gate = unsafe { Gate::new(dev) }?;
+        // SAFETY: The action borrows nothing; the binding ends when `reg` is dropped, and no
+        // thread arms a fence during unbind.
         let binding = unsafe { Binding::new(dev, gate) };
         // SAFETY: `gate_action` uses nothing.
         let armed = unsafe { binding.fence(gate_action, null_mut()) }?;

@@ -29,7 +29,8 @@ use core::{
     ptr::NonNull, //
 };
 
-/// `SHRINK_STOP` (`~0UL`): nothing can be freed in this context.
+/// `SHRINK_STOP` (`~0UL`, [`include/linux/shrinker.h`](srctree/include/linux/shrinker.h)):
+/// nothing can be freed in this context.
 const SHRINK_STOP: c_ulong = !0;
 
 /// The highest count a shrinker reports: the value above it is `SHRINK_EMPTY`.

@@ -884,6 +884,10 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             return Err(ENODEV);
         }
         let (sg, nents) = mem.sg();
+        // The ring `BUG()`s on a buffer without entries.
+        if nents == 0 {
+            return Err(EINVAL);
+        }
         // Any non-null token does: the ring mutex makes this the only buffer in the queue.
         let token = core::ptr::from_ref(slot).cast_mut().cast::<c_void>();
         // SAFETY: `vq` is live and we hold its ring mutex; `sg` is valid for `nents` entries over
@@ -934,6 +938,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             slot,
             quiesce: &self.head.quiesce,
             hints: queue.info.hints,
+            callback: queue.info.callback,
             _buffer: PhantomData,
         })
     }
@@ -945,7 +950,8 @@ impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
         // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
         // reached through it, which no callback touches.
         let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
-        // The fence acted only if `self` was leaked, which being dropped says it was not.
+        // `false`: the fence's action deleted the queues (the device was unbound while they were
+        // leaked, or while this drop started); it has finished. `true`: ours to delete.
         if UnbindFence::disarm_opt(fence) {
             self.delete();
             self.release();
@@ -1001,6 +1007,13 @@ pub(super) fn callback_window(dev: &Device<device::CoreInternal<'_>>, open: bool
     // SAFETY: `vdev` is valid and its queues are `quiesce`'s; we run in one of the driver's
     // callbacks (probe, freeze, restore), which closes the window before it returns (callers).
     unsafe { quiesce.set_open(vdev, open) }
+}
+
+/// Whether `dev` has queues that are neither frozen nor reset: after a driver's freeze, a
+/// device that would be suspended live.
+pub(super) fn live(dev: &Device<device::CoreInternal<'_>>) -> bool {
+    // SAFETY: `dev` is a valid device.
+    unsafe { quiesce_of(dev.as_raw()) }.is_some_and(|quiesce| !quiesce.done())
 }
 
 /// Resets `dev`, ordered with the resets of its queues' waiters ([`Device::reset`]).
@@ -1223,6 +1236,8 @@ pub struct QueueGuard<'a, B: Buffer> {
     slot: &'a Slot,
     quiesce: &'a Quiesce,
     hints: bool,
+    /// Whether the device's notifications end waits on this queue.
+    callback: bool,
     _buffer: PhantomData<B>,
 }
 
@@ -1343,8 +1358,12 @@ impl<B: Buffer> QueueGuard<'_, B> {
     /// queue is broken and the device reset, and with `ETIMEDOUT` if the device does not answer
     /// within [`UNBIND_GRACE_MS`] during unbind (see the module documentation). The buffers the
     /// device held stay in the queue until the queues are deleted. Notifications must be
-    /// enabled.
+    /// enabled; on a queue created without a callback nothing would end the wait, and this fails
+    /// with `EINVAL` (poll it with [`QueueGuard::get_buf`]).
     pub fn wait_buf(&mut self) -> Result<Used<B>> {
+        if !self.callback {
+            return Err(EINVAL);
+        }
         let slot = self.slot;
         let mut since = None;
         loop {

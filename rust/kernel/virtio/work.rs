@@ -226,15 +226,16 @@ impl Device<device::Bound> {
         // SAFETY: `self` is a valid device; `driver_data` is published with release ordering by
         // `Private::publish`.
         let slot = unsafe { Atomic::from_ptr(&raw mut (*self.as_raw()).dev.driver_data) };
-        // Holds off the freeing of the driver data (`Private::unpublish`) until queued.
-        let rcu = rcu::read_lock();
+        // Holds off the freeing of the driver data (`Private::unpublish`), and the final
+        // `relax()` of remove, until queued and accounted for.
+        let guard = rcu::read_lock();
         let ptr = slot.load(Acquire);
         if ptr.is_null() {
             return false;
         }
         // SAFETY: The device is bound to a Rust virtio driver, whose driver data is a `Private`
         // with its work item at offset 0. `Private::unpublish` clears the pointer and waits for
-        // a grace period before the `Private` is freed: it is allocated until `rcu` is dropped.
+        // a grace period before the `Private` is freed: it is allocated until `guard` is dropped.
         // `system_freezable_wq` lives forever.
         let queued = unsafe {
             bindings::queue_work_on(
@@ -243,10 +244,10 @@ impl Device<device::Bound> {
                 ptr.cast(),
             )
         };
-        drop(rcu);
         if queued {
             self.stay_awake();
         }
+        drop(guard);
         queued
     }
 
