@@ -56,11 +56,25 @@ class Bound:
         self.mem0 = guest.meminfo()["MemTotal"]
         self.log0 = guest.log_size()
         self.sim = SimBalloon(guest, features, delay_us=delay_us)
-        guest.sh(f"insmod /modules/{self.module}.ko")
-        self.loaded = True
-        st = self.sim.wait(lambda s: s["status"] & DRIVER_OK, "DRIVER_OK", 60)
-        assert st["negotiated"] & features == features, st
-        self.free0, self.info0 = self.quiet_free()[1], guest.meminfo()
+        self.loaded = False
+        try:
+            guest.sh(f"insmod /modules/{self.module}.ko")
+            self.loaded = True
+            st = self.sim.wait(lambda s: s["status"] & DRIVER_OK, "DRIVER_OK", 60)
+            assert st["negotiated"] & features == features, st
+            self.free0, self.info0 = self.quiet_free()[1], guest.meminfo()
+        except BaseException:
+            # The next test in this guest must find neither the device nor the driver.
+            self.teardown()
+            raise
+
+    def teardown(self):
+        """Releases what the device holds, unloads, deletes: no checks."""
+        if self.sim.exists and self.guest.alive():
+            self.sim.ctl("release")
+            if self.loaded:
+                self.unload(check=False)
+            self.sim.delete()
 
     def inflate(self, nbytes, timeout=300):
         self.sim.target(frames(nbytes))
@@ -87,12 +101,15 @@ class Bound:
         assert gained * PAGE > held * PAGE - 4 * MiB - held * PAGE // 256, (
             f"{held} pages in the balloon, {gained} free pages gained by unload")
 
-    def quiet_free(self, timeout=60):
+    def quiet_free(self, timeout=120):
         """The balloon's size and the free pages, read when no free page
         report is in flight: the reporting core takes the pages it reports
         off the free lists until the device answers (within its delay, at
-        most 50 ms here), and reports at most every 2 s. Quiet is: no new
-        report request for 3 s."""
+        most 50 ms here), and the device counts a request when it sees it.
+        Quiet is: the count the same before and after the guest's figures
+        were read, and still the same a second later, so that no report was
+        in flight while they were read. A guest whose free memory keeps
+        moving may report every second or two for a while."""
         g, deadline = self.guest, time.monotonic() + timeout
         if not self.sim.state()["negotiated"] & F_REPORTING:
             return g.vmstat()["nr_balloon_pages"], g.free_pages()
@@ -103,9 +120,9 @@ class Bound:
             before = self.sim.state()["requests_report"]
             free, held = g.free_pages(), g.vmstat()["nr_balloon_pages"]
             seen.append((before, self.sim.state()["requests_report"], free, held))
-            last = seen[-4:]
-            if len(last) == 4 and len({c for r in last for c in r[:2]}) == 1:
-                return held, free
+            last = seen[-2:]
+            if len(last) == 2 and len({c for r in last for c in r[:2]}) == 1:
+                return last[0][3], last[0][2]
             assert time.monotonic() < deadline, f"reporting never went quiet: {seen[-6:]}"
             time.sleep(1)
 
@@ -153,11 +170,7 @@ def bound(request, guest):
 
     yield make
     for b in made:
-        if b.sim.exists and guest.alive():
-            b.sim.ctl("release")
-            if b.loaded:
-                b.unload(check=False)
-            b.sim.delete()
+        b.teardown()
 
 
 # -- parity ------------------------------------------------------------------

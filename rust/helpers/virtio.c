@@ -66,17 +66,4 @@ __rust_helper void rust_helper_virtio_config_set(struct virtio_device *vdev,
 	vdev->config->set(vdev, offset, buf, len);
 }
 
-/* A free page hint describes a block of pages by its page, not by a mapping. */
-__rust_helper void rust_helper_sg_set_page(struct scatterlist *sg, struct page *page,
-					   unsigned int len, unsigned int offset)
-{
-	sg_set_page(sg, page, len, offset);
-}
-
-/* For the virtio adapter's work item, which holds the device's wakeup source while pending. */
-__rust_helper bool rust_helper_work_pending(struct work_struct *work)
-{
-	return work_pending(work);
-}
-
 #endif /* CONFIG_VIRTIO */
