@@ -335,11 +335,11 @@ impl<H: MigrationHandler> Balloon<H> {
     /// Number of pages isolated for migration at the moment of the call; the figure may change
     /// right after. A snapshot for statistics: [`Self::pages`] includes them.
     pub fn isolated(&self) -> usize {
-        // SAFETY: `info` is valid (type invariant). The core changes `isolated_pages` with a
-        // plain `++`/`--` under `mm/balloon.c`'s own lock, out of reach here: this marked read
-        // races with those writes, deliberately, as C's `data_race(READ_ONCE())` would. An
-        // aligned word is neither torn by the stores nor by the load, so the value read is one
-        // that was written; it is only a snapshot.
+        // The core changes `isolated_pages` with a plain `++`/`--` under `mm/balloon.c`'s own
+        // lock, out of reach here: this marked read races with those writes, deliberately, as
+        // C's `data_race(READ_ONCE())` would. An aligned word is torn neither by the stores nor
+        // by the load, so the value read is one that was written; it is only a snapshot.
+        // SAFETY: `info` is valid (type invariant); the race is the tolerated one above.
         let count = unsafe { Atomic::from_ptr(&raw mut (*self.info.get()).isolated_pages) };
         count.load(Relaxed)
     }

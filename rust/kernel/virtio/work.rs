@@ -233,10 +233,10 @@ impl Device<device::Bound> {
         if ptr.is_null() {
             return false;
         }
-        // SAFETY: The device is bound to a Rust virtio driver, whose driver data is a `Private`
-        // with its work item at offset 0. `Private::unpublish` clears the pointer and waits for
-        // a grace period before the `Private` is freed: it is allocated until `guard` is dropped.
-        // `system_freezable_wq` lives forever.
+        // `Private::unpublish` clears the pointer and waits for a grace period before the
+        // `Private` is freed: it is allocated until `guard` is dropped.
+        // SAFETY: The driver data of a Rust virtio driver is a `Private` with its work item at
+        // offset 0, allocated (above); `system_freezable_wq` lives forever.
         let queued = unsafe {
             bindings::queue_work_on(
                 bindings::wq_misc_consts_WORK_CPU_UNBOUND as c_int,
