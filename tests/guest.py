@@ -179,8 +179,7 @@ class Guest:
         _live.add(self)
         self._wait_sockets()
         try:
-            self.qmp_conn = QEMUMonitorProtocol(str(self.dir / "qmp.sock"))
-            self.qmp_conn.connect(negotiate=True)
+            self.qmp_conn = self._qmp_connect()
             self.agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.agent.connect(str(self.dir / "agent.sock"))
         except Exception as e:  # QEMU died after creating its sockets
@@ -191,6 +190,27 @@ class Guest:
             boot_timeout = 180 if self.flavour == "debug" else 60
         self.wait_ready(boot_timeout)
         return self
+
+    def _qmp_connect(self, tries=3):
+        """Connect to QMP. A client that connects while QEMU is still
+        starting can be sent the RESUME event of vm_start before the
+        greeting (the monitor's OPENED event is handled later, and events
+        go to a monitor not yet in capability negotiation): the library
+        then fails with a GreetingError. Once the VM runs, a fresh
+        connection gets the greeting first."""
+        for i in range(tries):
+            conn = QEMUMonitorProtocol(str(self.dir / "qmp.sock"))
+            try:
+                conn.connect(negotiate=True)
+                return conn
+            except Exception as e:  # the QMP library's errors vary by cause
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+                if "Greeting" not in repr(e) or i == tries - 1:
+                    raise
+                time.sleep(0.5)
 
     def _wait_sockets(self, timeout=20):
         deadline = time.monotonic() + timeout
