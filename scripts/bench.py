@@ -31,6 +31,10 @@ ROWS = {
     "ballooned": ("balloon pages when compaction starts", "pages", None),
     "compact_secs": ("compaction run", "s", None),
     "failed": ("page migrations that failed (pgmigrate_fail)", "pages", None),
+    "irqs_per_page": ("inflate+deflate interrupts per balloon page migrated", "irqs", None),
+    "migrate_scanned": ("compact_migrate_scanned", "pages", None),
+    "free_scanned": ("compact_free_scanned", "pages", None),
+    "busy_secs": ("guest CPU time busy during compaction (both CPUs)", "s", None),
     "coresize": ("module size in memory (/sys/module/*/coresize)", "bytes", False),
     "ko": ("module file size (.ko)", "bytes", False),
 }
@@ -52,10 +56,29 @@ def move(g, target, trace, t_base, timeout=300):
         time.sleep(0.005)
 
 
+def queue_irqs(g):
+    """Interrupts taken so far for the balloon's inflate and deflate queues
+    (their MSI-X vectors, "virtioN-inflate" and "virtioN-deflate")."""
+    total = 0
+    for line in g.run("cat /proc/interrupts").out.splitlines():
+        if line.rstrip().endswith(("-inflate", "-deflate")):
+            fields = line.split()[1:]
+            total += sum(int(f) for f in fields if f.isdigit())
+    return total
+
+
+def cpu_busy(g):
+    """Seconds the guest's CPUs spent other than idle, from /proc/stat."""
+    fields = [int(x) for x in g.run("head -1 /proc/stat").out.split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / 100
+
+
 def compaction(g, ram):
     """The fragmentation recipe of tests/test_balloon.py; returns the balloon
     pages migrated, the seconds compaction took, the balloon's size in pages,
-    and how many page migrations failed."""
+    how many page migrations failed, and what explains the time: interrupts
+    per page, the compaction scanners, the CPU time."""
     avail = g.meminfo()["MemAvailable"] * 1024
     g.sh(f"fragment {avail * 6 // 10 // MiB} >/tmp/frag.out 2>&1 & "
          "echo $! >/tmp/frag.pid; while ! grep -q ready /tmp/frag.out; do sleep 0.1; done",
@@ -65,15 +88,23 @@ def compaction(g, ram):
     g.wait_actual(ram - size, timeout=300)
     g.sh("kill $(cat /tmp/frag.pid); "
          "while kill -0 $(cat /tmp/frag.pid) 2>/dev/null; do sleep 0.1; done")
+    irqs, busy = queue_irqs(g), cpu_busy(g)
     before = g.vmstat()
     t0 = time.monotonic()
     g.sh("echo 1 > /proc/sys/vm/compact_memory", timeout=600)
     secs = time.monotonic() - t0
     after = g.vmstat()
+    irqs, busy = queue_irqs(g) - irqs, cpu_busy(g) - busy
     g.balloon(ram)
     g.wait_actual(ram, timeout=300)
-    return (after["balloon_migrate"] - before["balloon_migrate"], secs,
-            before["nr_balloon_pages"], after["pgmigrate_fail"] - before["pgmigrate_fail"])
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    migrated = delta["balloon_migrate"]
+    return {"migrated": migrated, "compact_secs": secs,
+            "ballooned": before["nr_balloon_pages"], "failed": delta["pgmigrate_fail"],
+            "irqs_per_page": irqs / migrated if migrated else float("nan"),
+            "migrate_scanned": delta.get("compact_migrate_scanned", 0),
+            "free_scanned": delta.get("compact_free_scanned", 0),
+            "busy_secs": busy}
 
 
 def run_driver(g, drv, size, ram, results, traces, t_base):
@@ -89,12 +120,10 @@ def run_driver(g, drv, size, ram, results, traces, t_base):
     secs = move(g, ram, trace, t_base)
     r["deflate"].append((size + STEP) / MiB / secs)
     traces[drv].append(trace)
-    migrated, secs, ballooned, failed = compaction(g, ram)
-    r["migrated"].append(migrated)
-    r["migrate_rate"].append(migrated / secs)
-    r["ballooned"].append(ballooned)
-    r["compact_secs"].append(secs)
-    r["failed"].append(failed)
+    c = compaction(g, ram)
+    for key, value in c.items():
+        r[key].append(value)
+    r["migrate_rate"].append(c["migrated"] / c["compact_secs"])
     g.sh(f"rmmod {module}")
     assert g.vmstat()["nr_balloon_pages"] == 0, "pages left after rmmod"
 

@@ -47,7 +47,7 @@ def test_rust_balloon_suite(kunit_log):
 
 
 @pytest.mark.parametrize("name,cases", [
-    ("rust_kernel_virtio", 5),
+    ("rust_kernel_virtio", 6),
     ("rust_kernel_unbind_fence", 3),
     ("rust_kernel_vmstat", 1),
 ])

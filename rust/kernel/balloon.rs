@@ -201,22 +201,34 @@ pub enum ManagedPages {
 ///
 /// # Invariants
 ///
-/// - `info` is an initialised `struct balloon_dev_info` whose `migratepage` is
+/// - `core.info` is an initialised `struct balloon_dev_info` whose `migratepage` is
 ///   [`Self::migrate_callback`], and it is pinned: the core links pages to it through
 ///   `page->private`.
-/// - `pages` counts the pages in this balloon, on its list or isolated from it for migration.
-///   It is raised before pages join the balloon and lowered after they left it, so it never
-///   falls below the true count; the one exception is a page dropped by a `-ENOENT`
+/// - `core.pages` counts the pages in this balloon, on its list or isolated from it for
+///   migration. It is raised before pages join the balloon and lowered after they left it, so
+///   it never falls below the true count; the one exception is a page dropped by a `-ENOENT`
 ///   migration, counted out just before the core drops it, while it is still isolated.
 /// - `fence`, if any, empties the balloon at unbind unless `drop` disarmed it first.
 #[pin_data(PinnedDrop)]
 pub struct Balloon<H: MigrationHandler> {
     #[pin]
-    info: Opaque<bindings::balloon_dev_info>,
-    pages: Atomic<usize>,
+    core: Core,
     #[pin]
     handler: H,
     fence: Option<UnbindFence>,
+}
+
+/// What a balloon is without its handler, and what every operation but migration works on: not
+/// generic, so that a driver's module does not carry a copy of it.
+///
+/// # Invariants
+///
+/// As [`Balloon`]'s, for `info` and `pages`.
+#[pin_data]
+struct Core {
+    #[pin]
+    info: Opaque<bindings::balloon_dev_info>,
+    pages: Atomic<usize>,
 }
 
 // SAFETY: The balloon core serialises all access to `info` with its own lock, `pages` is atomic,
@@ -266,36 +278,184 @@ impl<H: MigrationHandler> Balloon<H> {
         H: 'a,
     {
         try_pin_init!(&this in Self {
+            core <- Core::new(managed, Self::migrate_callback),
+            handler <- handler,
+            fence: {
+                // SAFETY: `this` points at the balloon being initialised; taking the address of
+                // one of its fields reads nothing.
+                let data = unsafe { &raw mut (*this.as_ptr()).core }.cast();
+                // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live balloon; its
+                // action empties it, after which no page leads compaction to `handler`. The
+                // balloon is empty now: nothing to undo.
+                unsafe { UnbindFence::arm_opt(binding, Core::unbind_action, data, || ()) }?
+            },
+        }? Error)
+    }
+
+    /// The driver's migration handler, which also carries whatever state the driver keeps
+    /// with the balloon.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Number of pages in the balloon, isolated ones included.
+    #[inline]
+    pub fn pages(&self) -> usize {
+        self.core.pages.load(Relaxed)
+    }
+
+    /// Number of pages isolated for migration at the moment of the call; the figure may change
+    /// right after. A snapshot for statistics: [`Self::pages`] includes them.
+    #[inline]
+    pub fn isolated(&self) -> usize {
+        self.core.isolated()
+    }
+
+    /// Puts a page in the balloon. The page is counted as ballooned (`balloon_inflate`,
+    /// `nr_balloon_pages`, and the managed page count if [`ManagedPages::Adjust`]) and may be
+    /// migrated from now on.
+    #[inline]
+    pub fn enqueue(&self, page: BalloonPage) {
+        self.core.enqueue(page)
+    }
+
+    /// Puts every page of `list` in the balloon, leaving it empty; returns how many.
+    #[inline]
+    pub fn enqueue_list(&self, list: Pin<&mut PageList>) -> usize {
+        self.core.enqueue_list(list)
+    }
+
+    /// Takes one page out of the balloon, or [`None`] if the balloon list is empty, which it
+    /// may be while pages are isolated for migration. The page is no longer ballooned; tell the
+    /// host before dropping it, if the protocol asks for that.
+    #[inline]
+    pub fn dequeue(&self) -> Option<BalloonPage> {
+        self.core.dequeue()
+    }
+
+    /// Moves up to `n` pages from the balloon to the head of `list`; returns how many. Fewer than
+    /// `n` come out when the balloon has fewer on its list.
+    #[inline]
+    pub fn dequeue_list(&self, list: Pin<&mut PageList>, n: usize) -> usize {
+        self.core.dequeue_list(list, n)
+    }
+
+    /// `migratepage` of `struct balloon_dev_info`.
+    ///
+    /// # Safety
+    ///
+    /// Called by the balloon core only, with `info` a balloon's `info` field, `page` isolated
+    /// from it and both pages locked, valid for the duration of the call.
+    unsafe extern "C" fn migrate_callback(
+        info: *mut bindings::balloon_dev_info,
+        newpage: *mut bindings::page,
+        page: *mut bindings::page,
+        mode: bindings::migrate_mode,
+    ) -> c_int {
+        // SAFETY: Only `Balloon::<H>::init` installs this callback, so `info` is the `info` field
+        // of a `Balloon<H>`; it is alive, since it has an isolated page that its drop waits for.
+        let this = unsafe { &*crate::container_of!(Opaque::cast_from(info), Self, core.info) };
+        let (Some(new), Some(old)) = (NonNull::new(newpage), NonNull::new(page)) else {
+            return EINVAL.to_errno();
+        };
+        // SAFETY: The migration core keeps both pages valid and locked during the call, which
+        // the lifetimes of `new` and `old` cannot outlive.
+        let (new, old) = unsafe { (NewPage::from_raw(new), OldPage::from_raw(old)) };
+        let outcome = this
+            .handler
+            .migrate(&new, &old, MigrateMode::from_raw(mode));
+        if outcome == Migration::Deflated {
+            // INVARIANT: The core drops the old page from the balloon when it sees `-ENOENT`.
+            this.core.pages.fetch_sub(1, Relaxed);
+        }
+        outcome.to_errno()
+    }
+}
+
+impl Core {
+    fn new(
+        managed: ManagedPages,
+        migratepage: unsafe extern "C" fn(
+            *mut bindings::balloon_dev_info,
+            *mut bindings::page,
+            *mut bindings::page,
+            bindings::migrate_mode,
+        ) -> c_int,
+    ) -> impl PinInit<Self> {
+        pin_init!(Self {
             info <- Opaque::ffi_init(move |info: *mut bindings::balloon_dev_info| {
                 // SAFETY: `info` is valid for writes and pinned, as the list head inside needs.
                 unsafe { bindings::balloon_devinfo_init(info) };
                 // SAFETY: `info` was just initialised and nothing else knows it yet.
                 unsafe {
                     (*info).adjust_managed_page_count = managed == ManagedPages::Adjust;
-                    (*info).migratepage = Some(Self::migrate_callback);
+                    (*info).migratepage = Some(migratepage);
                 }
             }),
             pages: Atomic::new(0),
-            handler <- handler,
-            fence: {
-                let data = this.as_ptr().cast();
-                // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live balloon; its
-                // action empties it, after which no page leads compaction to `handler`. The
-                // balloon is empty now: nothing to undo.
-                unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, || ()) }?
-            },
-        }? Error)
+        })
     }
 
     /// The fence's action: the balloon was leaked and its device is unbound.
     ///
     /// # Safety
     ///
-    /// `this` is a `Balloon<H>`, whose memory, leaked, stays valid.
+    /// `this` is the core of a balloon whose memory, leaked, stays valid.
     unsafe extern "C" fn unbind_action(this: *mut c_void) {
         // SAFETY: By the safety requirements.
-        let this = unsafe { &*this.cast::<Self>() };
-        this.empty();
+        unsafe { &*this.cast::<Self>() }.empty();
+    }
+
+    fn pages(&self) -> usize {
+        self.pages.load(Relaxed)
+    }
+
+    fn isolated(&self) -> usize {
+        // The core changes `isolated_pages` with a plain `++`/`--` under `mm/balloon.c`'s own
+        // lock, out of reach here: this marked read races with those writes, deliberately, as
+        // C's `data_race(READ_ONCE())` would. An aligned word is torn neither by the stores nor
+        // by the load, so the value read is one that was written; it is only a snapshot.
+        // SAFETY: `info` is valid (type invariant); the race is the tolerated one above.
+        let count = unsafe { Atomic::from_ptr(&raw mut (*self.info.get()).isolated_pages) };
+        count.load(Relaxed)
+    }
+
+    fn enqueue(&self, page: BalloonPage) {
+        let page = page.into_raw();
+        // INVARIANT: Raised before the page joins the balloon.
+        self.pages.add(1, Relaxed);
+        // SAFETY: `info` is valid (type invariant); we owned `page`, its `lru` is unused, and
+        // the balloon now holds it.
+        unsafe { bindings::balloon_page_enqueue(self.info.get(), page.as_ptr()) };
+    }
+
+    fn enqueue_list(&self, list: Pin<&mut PageList>) -> usize {
+        let n = list.len();
+        // INVARIANT: Raised before the pages join the balloon.
+        self.pages.add(n, Relaxed);
+        // SAFETY: `info` is valid (type invariant); `list` is initialised and owns its `n`
+        // pages, which the core moves to the balloon, all of them.
+        unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list.head()) };
+        // SAFETY: The core took all `n` pages off the list.
+        unsafe { list.adjust_len(0, n) };
+        n
+    }
+
+    fn dequeue(&self) -> Option<BalloonPage> {
+        stack_pin_init!(let list = PageList::new());
+        self.dequeue_list(list.as_mut(), 1);
+        list.as_mut().pop()
+    }
+
+    fn dequeue_list(&self, list: Pin<&mut PageList>, n: usize) -> usize {
+        // SAFETY: `info` is valid (type invariant) and `list` is initialised. The list version
+        // returns what it finds and never `BUG()`s.
+        let done = unsafe { bindings::balloon_page_list_dequeue(self.info.get(), list.head(), n) };
+        // INVARIANT: Lowered after the pages left the balloon.
+        self.pages.fetch_sub(done, Relaxed);
+        // SAFETY: The core added `done` pages, taken out of the balloon, to the list.
+        unsafe { list.adjust_len(done, 0) };
+        done
     }
 
     /// Takes every page out of the balloon and frees it, waiting for the migrations in flight;
@@ -320,107 +480,6 @@ impl<H: MigrationHandler> Balloon<H> {
             pr_warn!("balloon: dropped with {left} pages, freed without telling the host\n");
         }
     }
-
-    /// The driver's migration handler, which also carries whatever state the driver keeps
-    /// with the balloon.
-    pub fn handler(&self) -> &H {
-        &self.handler
-    }
-
-    /// Number of pages in the balloon, isolated ones included.
-    pub fn pages(&self) -> usize {
-        self.pages.load(Relaxed)
-    }
-
-    /// Number of pages isolated for migration at the moment of the call; the figure may change
-    /// right after. A snapshot for statistics: [`Self::pages`] includes them.
-    pub fn isolated(&self) -> usize {
-        // The core changes `isolated_pages` with a plain `++`/`--` under `mm/balloon.c`'s own
-        // lock, out of reach here: this marked read races with those writes, deliberately, as
-        // C's `data_race(READ_ONCE())` would. An aligned word is torn neither by the stores nor
-        // by the load, so the value read is one that was written; it is only a snapshot.
-        // SAFETY: `info` is valid (type invariant); the race is the tolerated one above.
-        let count = unsafe { Atomic::from_ptr(&raw mut (*self.info.get()).isolated_pages) };
-        count.load(Relaxed)
-    }
-
-    /// Puts a page in the balloon. The page is counted as ballooned (`balloon_inflate`,
-    /// `nr_balloon_pages`, and the managed page count if [`ManagedPages::Adjust`]) and may be
-    /// migrated from now on.
-    pub fn enqueue(&self, page: BalloonPage) {
-        let page = page.into_raw();
-        // INVARIANT: Raised before the page joins the balloon.
-        self.pages.add(1, Relaxed);
-        // SAFETY: `info` is valid (type invariant); we owned `page`, its `lru` is unused, and
-        // the balloon now holds it.
-        unsafe { bindings::balloon_page_enqueue(self.info.get(), page.as_ptr()) };
-    }
-
-    /// Puts every page of `list` in the balloon, leaving it empty; returns how many.
-    pub fn enqueue_list(&self, list: Pin<&mut PageList>) -> usize {
-        let n = list.len();
-        // INVARIANT: Raised before the pages join the balloon.
-        self.pages.add(n, Relaxed);
-        // SAFETY: `info` is valid (type invariant); `list` is initialised and owns its `n`
-        // pages, which the core moves to the balloon, all of them.
-        unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list.head()) };
-        // SAFETY: The core took all `n` pages off the list.
-        unsafe { list.adjust_len(0, n) };
-        n
-    }
-
-    /// Takes one page out of the balloon, or [`None`] if the balloon list is empty, which it
-    /// may be while pages are isolated for migration. The page is no longer ballooned; tell the
-    /// host before dropping it, if the protocol asks for that.
-    pub fn dequeue(&self) -> Option<BalloonPage> {
-        stack_pin_init!(let list = PageList::new());
-        self.dequeue_list(list.as_mut(), 1);
-        list.as_mut().pop()
-    }
-
-    /// Moves up to `n` pages from the balloon to the head of `list`; returns how many. Fewer than
-    /// `n` come out when the balloon has fewer on its list.
-    pub fn dequeue_list(&self, list: Pin<&mut PageList>, n: usize) -> usize {
-        // SAFETY: `info` is valid (type invariant) and `list` is initialised. The list version
-        // returns what it finds and never `BUG()`s.
-        let done = unsafe { bindings::balloon_page_list_dequeue(self.info.get(), list.head(), n) };
-        // INVARIANT: Lowered after the pages left the balloon.
-        self.pages.fetch_sub(done, Relaxed);
-        // SAFETY: The core added `done` pages, taken out of the balloon, to the list.
-        unsafe { list.adjust_len(done, 0) };
-        done
-    }
-
-    /// `migratepage` of `struct balloon_dev_info`.
-    ///
-    /// # Safety
-    ///
-    /// Called by the balloon core only, with `info` a balloon's `info` field, `page` isolated
-    /// from it and both pages locked, valid for the duration of the call.
-    unsafe extern "C" fn migrate_callback(
-        info: *mut bindings::balloon_dev_info,
-        newpage: *mut bindings::page,
-        page: *mut bindings::page,
-        mode: bindings::migrate_mode,
-    ) -> c_int {
-        // SAFETY: Only `Balloon::<H>::init` installs this callback, so `info` is the `info` field
-        // of a `Balloon<H>`; it is alive, since it has an isolated page that its drop waits for.
-        let this = unsafe { &*crate::container_of!(Opaque::cast_from(info), Self, info) };
-        let (Some(new), Some(old)) = (NonNull::new(newpage), NonNull::new(page)) else {
-            return EINVAL.to_errno();
-        };
-        // SAFETY: The migration core keeps both pages valid and locked during the call, which
-        // the lifetimes of `new` and `old` cannot outlive.
-        let (new, old) = unsafe { (NewPage::from_raw(new), OldPage::from_raw(old)) };
-        let outcome = this
-            .handler
-            .migrate(&new, &old, MigrateMode::from_raw(mode));
-        if outcome == Migration::Deflated {
-            // INVARIANT: The core drops the old page from the balloon when it sees `-ENOENT`.
-            this.pages.fetch_sub(1, Relaxed);
-        }
-        outcome.to_errno()
-    }
 }
 
 #[pinned_drop]
@@ -431,7 +490,7 @@ impl<H: MigrationHandler> PinnedDrop for Balloon<H> {
         // reached through it, which no callback touches.
         let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
         if UnbindFence::disarm_opt(fence) {
-            self.empty();
+            self.core.empty();
         }
     }
 }

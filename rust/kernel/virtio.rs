@@ -76,6 +76,7 @@ pub use self::id::{
 };
 pub use self::virtqueue::{
     Buffer,
+    QueueId,
     QueueInfo,
     Virtqueues, //
 };

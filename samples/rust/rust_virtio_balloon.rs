@@ -41,6 +41,7 @@ use kernel::{
         Flags,
     },
     balloon::{
+        available_pages,
         Balloon,
         BalloonPage,
         ManagedPages,
@@ -105,10 +106,12 @@ use kernel::{
         le,
         virtqueue::{
             Handler,
+            Lent,
             QueueGuard, //
         },
         Feature,
         FeatureSet,
+        QueueId,
         QueueInfo,
         Virtqueues, //
     },
@@ -162,12 +165,12 @@ struct Stat {
 const STATS_NR: usize = 16;
 type StatsBuffer = KBox<[Stat; STATS_NR]>;
 
-// Queue numbers, as the device defines them.
-const INFLATE: usize = 0;
-const DEFLATE: usize = 1;
-const STATS: usize = 2;
-const FREE_PAGE: usize = 3;
-const REPORTING: usize = 4;
+// The queues, in the device's order, and what they carry.
+const INFLATE: QueueId<PfnBuffer> = QueueId::new(0);
+const DEFLATE: QueueId<PfnBuffer> = QueueId::new(1);
+const STATS: QueueId<StatsBuffer> = QueueId::new(2);
+const FREE_PAGE: QueueId<CmdIdBuffer> = QueueId::new(3);
+const REPORTING: QueueId<Lent> = QueueId::new(4);
 
 /// Free page hint command ids: the host wants no more hints, or is done with those it has.
 const CMD_ID_STOP: u32 = 0;
@@ -225,7 +228,7 @@ struct Events<'a> {
 
 impl Handler for Events<'_> {
     fn used(&self, queue: usize) {
-        if queue == STATS {
+        if queue == STATS.index() {
             self.stats_requested.store(true, Relaxed);
             self.dev.schedule_work();
         }
@@ -247,12 +250,12 @@ impl Host<'_> {
     fn tell(
         &self,
         slot: &mut MutexGuard<'_, Option<PfnBuffer>>,
-        queue: usize,
-        pages: impl Iterator<Item = Pfn>,
+        queue: QueueId<PfnBuffer>,
+        pages: &mut dyn Iterator<Item = Pfn>,
     ) -> Result {
         let mut buf = slot.take().ok_or(EIO)?;
         let mut n = 0;
-        let fill = || -> Result {
+        let mut fill = || -> Result {
             for frame in pages.flat_map(Pfn::frames_4k).take(PFNS_PER_REQUEST) {
                 buf[n] = le::U32::new(u32::try_from(frame)?);
                 n += 1;
@@ -261,7 +264,7 @@ impl Host<'_> {
         };
         // Until the ring has it, the buffer goes back to its slot on every failure (a frozen
         // device, say): the next request needs it.
-        let mut vq = match fill().and_then(|()| self.vqs.lock::<PfnBuffer>(queue)) {
+        let mut vq = match fill().and_then(|()| self.vqs.lock(queue)) {
             Ok(vq) => vq,
             Err(err) => {
                 **slot = Some(buf);
@@ -284,13 +287,13 @@ impl MigrationHandler for Host<'_> {
             return Migration::Busy;
         };
         if self
-            .tell(&mut slot, INFLATE, [new.pfn()].into_iter())
+            .tell(&mut slot, INFLATE, &mut [new.pfn()].into_iter())
             .is_err()
         {
             return Migration::Busy;
         }
         // The host has the new page: the old one leaves the balloon whatever happens now.
-        let _ = self.tell(&mut slot, DEFLATE, [old.pfn()].into_iter());
+        let _ = self.tell(&mut slot, DEFLATE, &mut [old.pfn()].into_iter());
         Migration::Migrated
     }
 }
@@ -337,7 +340,7 @@ impl Shared<'_> {
             return Ok(0);
         }
         self.host()
-            .tell(&mut self.host().pfns.lock(), INFLATE, list.pfns())?;
+            .tell(&mut self.host().pfns.lock(), INFLATE, &mut list.pfns())?;
         Ok(self.balloon.enqueue_list(list.as_mut()))
     }
 
@@ -347,7 +350,7 @@ impl Shared<'_> {
         let mut slot = self.host().pfns.lock();
         let n = self.balloon.dequeue_list(list.as_mut(), count);
         if n != 0 {
-            if let Err(e) = self.host().tell(&mut slot, DEFLATE, list.pfns()) {
+            if let Err(e) = self.host().tell(&mut slot, DEFLATE, &mut list.pfns()) {
                 // The device is gone or broken: the pages are the guest's again either way.
                 dev_warn!(self.dev, "deflating {} pages untold: {:?}\n", n, e);
             }
@@ -367,7 +370,7 @@ impl Shared<'_> {
         if target > size {
             // The guest keeps its reserve whatever the host asks: the C driver takes every page
             // that frees up until the OOM killer has nothing left to kill.
-            let room = (MemInfo::now().available as usize).saturating_sub(self.reserve);
+            let room = available_pages().saturating_sub(self.reserve);
             let want = (target - size).min(PAGES_PER_REQUEST).min(room);
             if want == 0 {
                 if !self.held_back.xchg(true, Relaxed) {
@@ -422,7 +425,7 @@ impl Shared<'_> {
             (9, ev.get(VmEvent::HugetlbAllocFail)),
             (4, bytes(mem.free)),
             (5, bytes(mem.total)),
-            (6, bytes(mem.available)),
+            (6, bytes(available_pages() as u64)),
             (7, bytes(NodeStat::FilePages.get())),
         ];
         for (stat, (tag, val)) in stats.iter_mut().zip(values) {
@@ -436,11 +439,15 @@ impl Shared<'_> {
 
     /// Hands the host fresh statistics: the buffer it returned goes back filled.
     fn answer_stats(&self) -> Result {
-        let mut vq = self.host().vqs.lock::<StatsBuffer>(STATS)?;
-        let Some(used) = vq.get_buf() else {
-            return Ok(());
-        };
-        let mut buf = used.buf;
+        let mut vq = self.host().vqs.lock(STATS)?;
+        match vq.get_buf() {
+            Some(used) => Self::send_stats(&mut vq, used.buf),
+            None => Ok(()),
+        }
+    }
+
+    /// Fills `buf` with fresh statistics and hands it to the host.
+    fn send_stats(vq: &mut QueueGuard<'_, StatsBuffer>, mut buf: StatsBuffer) -> Result {
         let n = Self::collect_stats(&mut buf);
         vq.add_outbuf(buf, n * size_of::<Stat>(), GFP_KERNEL)
             .map_err(|(e, _)| e)?;
@@ -453,7 +460,7 @@ impl Shared<'_> {
     /// A round of free page hinting: start id, as many free blocks as there are while the host
     /// wants them, stop id. As in C, errors are only logged: the host ends the round anyway.
     fn hint_round(&self, hints: &Hints) {
-        let Ok(mut vq) = self.host().vqs.lock::<CmdIdBuffer>(FREE_PAGE) else {
+        let Ok(mut vq) = self.host().vqs.lock(FREE_PAGE) else {
             return;
         };
         let send_id = |vq: &mut QueueGuard<'_, CmdIdBuffer>, id: u32| -> Result {
@@ -599,52 +606,29 @@ impl Hints {
     }
 }
 
-/// The features the device negotiated, read once in probe.
-#[derive(Clone, Copy)]
-struct Negotiated {
-    stats: bool,
-    hint: bool,
-    deflate_on_oom: bool,
-    poison: bool,
-    reporting: bool,
-}
-
-impl Negotiated {
-    fn read(dev: &virtio::Device<Core<'_>>) -> Self {
-        Self {
-            stats: dev.has_feature(F_STATS_VQ),
-            hint: dev.has_feature(F_FREE_PAGE_HINT),
-            deflate_on_oom: dev.has_feature(F_DEFLATE_ON_OOM),
-            poison: dev.has_feature(F_PAGE_POISON),
-            reporting: dev.has_feature(F_REPORTING),
-        }
-    }
-}
-
 impl<'a> Shared<'a> {
     /// Creates the queues and the balloon, and tells the host what freed pages hold.
     fn new(
         dev: &virtio::Device<Core<'_>>,
         binding: Binding<'a, virtio::Device<Bound>>,
-        features: Negotiated,
     ) -> Result<Arc<Self>> {
         let queues = [
-            QueueInfo::new::<PfnBuffer>(c"inflate"),
-            QueueInfo::new::<PfnBuffer>(c"deflate"),
-            if features.stats {
-                QueueInfo::new::<StatsBuffer>(c"stats")
+            QueueInfo::new(INFLATE, c"inflate"),
+            QueueInfo::new(DEFLATE, c"deflate"),
+            if dev.has_feature(F_STATS_VQ) {
+                QueueInfo::new(STATS, c"stats")
             } else {
                 QueueInfo::unused()
             },
-            if features.hint {
-                QueueInfo::new::<CmdIdBuffer>(c"free_page_vq")
+            if dev.has_feature(F_FREE_PAGE_HINT) {
+                QueueInfo::new(FREE_PAGE, c"free_page_vq")
                     .without_callback()
                     .with_hints()
             } else {
                 QueueInfo::unused()
             },
-            if features.reporting {
-                QueueInfo::lending(c"reporting_vq")
+            if dev.has_feature(F_REPORTING) {
+                QueueInfo::lending(REPORTING, c"reporting_vq")
             } else {
                 QueueInfo::unused()
             },
@@ -655,13 +639,13 @@ impl<'a> Shared<'a> {
             dev: bound,
             stats_requested: Atomic::new(false),
         };
-        let managed = if features.deflate_on_oom {
+        let managed = if dev.has_feature(F_DEFLATE_ON_OOM) {
             ManagedPages::Keep
         } else {
             ManagedPages::Adjust
         };
         let vqs = Virtqueues::new(dev, binding, &queues, events);
-        let hints = if features.hint {
+        let hints = if dev.has_feature(F_FREE_PAGE_HINT) {
             Some(KBox::pin_init(Hints::new(), GFP_KERNEL)?)
         } else {
             None
@@ -686,10 +670,10 @@ impl<'a> Shared<'a> {
         )?;
         this.prime_stats()?;
         // One descriptor is kept for the stop id.
-        if features.hint && this.host().vqs.ring_size(FREE_PAGE)? < 2 {
+        if this.hints.is_some() && this.host().vqs.ring_size(FREE_PAGE)? < 2 {
             return Err(ENOSPC);
         }
-        if features.poison {
+        if dev.has_feature(F_PAGE_POISON) {
             // What freed pages hold: zeroes with init-on-free, else the poison pattern.
             let byte = if poison::init_on_free() {
                 0
@@ -705,22 +689,18 @@ impl<'a> Shared<'a> {
     /// Gives the host its first statistics buffer, which it answers when it first wants
     /// statistics; does nothing without a statistics queue.
     fn prime_stats(&self) -> Result {
-        let mut vq = match self.host().vqs.lock::<StatsBuffer>(STATS) {
+        let mut vq = match self.host().vqs.lock(STATS) {
             Err(ENOENT) => return Ok(()),
             vq => vq?,
         };
-        let mut buf = KBox::new(
+        let buf = KBox::new(
             core::array::from_fn(|_| Stat {
                 tag: le::U16::ZERO,
                 val: le::U64::ZERO,
             }),
             GFP_KERNEL,
         )?;
-        let n = Self::collect_stats(&mut buf);
-        vq.add_outbuf(buf, n * size_of::<Stat>(), GFP_KERNEL)
-            .map_err(|(e, _)| e)?;
-        vq.kick();
-        Ok(())
+        Self::send_stats(&mut vq, buf)
     }
 
     /// Gives every hinted block back to the guest.
@@ -751,42 +731,42 @@ struct Optional<'a> {
 }
 
 impl<'a> Optional<'a> {
-    fn new(
-        binding: Binding<'a, virtio::Device<Bound>>,
-        core: &Arc<Shared<'a>>,
-        features: Negotiated,
-    ) -> Result<Self> {
-        let oom = if features.deflate_on_oom {
-            Some(KBox::pin_init(
-                oom::Registration::new_for(binding, core.clone()),
-                GFP_KERNEL,
-            )?)
-        } else {
-            None
-        };
-        let reporting = if features.reporting {
-            let capacity = core.host().vqs.ring_size(REPORTING)?;
-            Some(KBox::pin_init(
-                page_reporting::Registration::new(binding, core.clone(), capacity, REPORTING_ORDER),
-                GFP_KERNEL,
-            )?)
-        } else {
-            None
-        };
-        let shrinker = if features.hint {
-            Some(KBox::pin_init(
-                shrinker::Registration::new_for(binding, c"virtio-balloon", core.clone()),
-                GFP_KERNEL,
-            )?)
-        } else {
-            None
-        };
+    fn new(binding: Binding<'a, virtio::Device<Bound>>, core: &Arc<Shared<'a>>) -> Result<Self> {
+        let dev = binding.device();
         Ok(Self {
-            _reporting: reporting,
-            _oom: oom,
-            _shrinker: shrinker,
+            _oom: boxed_if(dev.has_feature(F_DEFLATE_ON_OOM), || {
+                Ok(oom::Registration::new_for(binding, core.clone()))
+            })?,
+            _reporting: boxed_if(dev.has_feature(F_REPORTING), || {
+                let capacity = core.host().vqs.ring_size(REPORTING)?;
+                let order = REPORTING_ORDER;
+                Ok(page_reporting::Registration::new(
+                    binding,
+                    core.clone(),
+                    capacity,
+                    order,
+                ))
+            })?,
+            _shrinker: boxed_if(core.hints.is_some(), || {
+                Ok(shrinker::Registration::new_for(
+                    binding,
+                    c"virtio-balloon",
+                    core.clone(),
+                ))
+            })?,
         })
     }
+}
+
+/// What `init` makes, pinned in a box, if `wanted`.
+fn boxed_if<T, I: PinInit<T, Error>>(
+    wanted: bool,
+    init: impl FnOnce() -> Result<I>,
+) -> Result<Option<Pin<KBox<T>>>> {
+    if !wanted {
+        return Ok(None);
+    }
+    Ok(Some(KBox::pin_init(init()?, GFP_KERNEL)?))
 }
 
 /// Free page hinting's work, on a queue of its own as in C, so that a round does not hold up
@@ -796,9 +776,8 @@ type Hinting<'a> = ScopedWork<Arc<Shared<'a>>>;
 fn new_hinting<'a>(
     binding: Binding<'a, virtio::Device<Bound>>,
     core: &Arc<Shared<'a>>,
-    features: Negotiated,
 ) -> Result<Option<Pin<KBox<Hinting<'a>>>>> {
-    if !features.hint {
+    if core.hints.is_none() {
         return Ok(None);
     }
     let flags = QueueFlags::PERCPU | QueueFlags::FREEZABLE | QueueFlags::CPU_INTENSIVE;
@@ -835,11 +814,10 @@ impl<'a> VirtioBalloon<'a> {
         dev: &'a virtio::Device<Core<'c>>,
         binding: Binding<'a, virtio::Device<Bound>>,
     ) -> impl PinInit<Self, Error> + use<'a, 'c> {
-        let features = Negotiated::read(dev);
         try_pin_init!(Self {
-            core: Shared::new(dev, binding, features)?,
-            optional <- new_mutex!(Some(Optional::new(binding, core, features)?)),
-            hinting: new_hinting(binding, core, features)?,
+            core: Shared::new(dev, binding)?,
+            optional <- new_mutex!(Some(Optional::new(binding, core)?)),
+            hinting: new_hinting(binding, core)?,
             _: {
                 // The host may hold the device awake while the balloon moves (`power/wakeup`).
                 dev.set_wakeup_capable(true);

@@ -92,15 +92,14 @@ impl NodeStat {
     }
 }
 
-/// The global memory summary (`si_meminfo()`, `si_mem_available()`), in pages.
+/// The global memory summary (`si_meminfo()`), in pages. `MemAvailable` is not part of it, as
+/// in C: balloons read it with `balloon::available_pages()` (`si_mem_available()`).
 #[derive(Clone, Copy, Debug)]
 pub struct MemInfo {
     /// Usable RAM (`MemTotal`).
     pub total: u64,
     /// Free RAM (`MemFree`).
     pub free: u64,
-    /// RAM available for new allocations without swapping (`MemAvailable`).
-    pub available: u64,
 }
 
 impl MemInfo {
@@ -110,12 +109,9 @@ impl MemInfo {
         let mut info: bindings::sysinfo = unsafe { core::mem::zeroed() };
         // SAFETY: `info` is valid for writes.
         unsafe { bindings::si_meminfo(&mut info) };
-        // SAFETY: No requirements.
-        let available = unsafe { bindings::si_mem_available() };
         Self {
             total: info.totalram as u64,
             free: info.freeram as u64,
-            available: available.max(0) as u64,
         }
     }
 }
@@ -131,7 +127,6 @@ mod tests {
         let info = MemInfo::now();
         assert!(info.total > 0);
         assert!(info.free <= info.total);
-        assert!(info.available <= info.total);
         // Event counters only grow.
         #[cfg(CONFIG_VM_EVENT_COUNTERS)]
         {

@@ -44,6 +44,7 @@ impl Device<device::Bound> {
     /// `virtio_cread32()` does; a wider one is read repeatedly until the device's configuration
     /// generation is stable. Use [`virtio_cread!`](crate::virtio_cread).
     #[doc(hidden)]
+    #[inline]
     pub fn config_read<C, F: FromBytes + IntoBytes>(
         &self,
         offset: usize,
@@ -51,28 +52,15 @@ impl Device<device::Bound> {
     ) -> F {
         build_assert!(offset + size_of::<F>() <= size_of::<C>());
         let mut value = F::new_zeroed();
-        let len = size_of::<F>();
-        let width = access_width(offset, len);
-        // The device is valid and bound; `offset..offset + len` lies within the layout `C`.
-        let buf = value.as_mut_bytes().as_mut_ptr().cast();
-        // Transports split 8-byte accesses in two: only up to 4 bytes is one access.
-        if width == len && len <= 4 {
-            // SAFETY: `self.as_raw()` is a valid device, `value` is valid for writes of `len`
-            // bytes, and `F: FromBytes` makes any bytes the device returns a valid `F`.
-            unsafe { bindings::virtio_config_get(self.as_raw(), offset as u32, buf, len as u32) };
-            return value;
-        }
-        // SAFETY: `self.as_raw()` is a valid device, `value` is valid for writes of `len` bytes,
-        // and `F: FromBytes` makes any bytes the device returns a valid `F`.
-        unsafe {
-            bindings::__virtio_cread_many(self.as_raw(), offset as u32, buf, len / width, width)
-        };
+        // `F: FromBytes` makes any bytes the device returns a valid `F`.
+        self.read_config(offset, value.as_mut_bytes());
         value
     }
 
     /// Writes `value` to the field of type `F` at `offset` of the configuration layout `C`.
     /// Use [`virtio_cwrite!`](crate::virtio_cwrite).
     #[doc(hidden)]
+    #[inline]
     pub fn config_write<C, F: IntoBytes + Immutable>(
         &self,
         offset: usize,
@@ -80,14 +68,55 @@ impl Device<device::Bound> {
         value: F,
     ) {
         build_assert!(offset + size_of::<F>() <= size_of::<C>());
-        let bytes = value.as_bytes();
+        self.write_config(offset, value.as_bytes());
+    }
+
+    /// [`Self::config_read`]'s work, not generic: the driver's module carries no copy of it.
+    fn read_config(&self, offset: usize, buf: &mut [u8]) {
+        // Transports may sleep here (vDPA takes a semaphore), as `virtio_cread8()` says.
+        crate::task::might_sleep();
+        let vdev = self.as_raw();
+        let len = buf.len();
+        let width = access_width(offset, len);
+        // Transports split 8-byte accesses in two: only up to 4 bytes is one access.
+        if width == len && len <= 4 {
+            // SAFETY: A device's `config` points at its transport's operations while it exists.
+            // C calls `get` directly too (`virtio_cread8()`); there is no wrapper to call.
+            if let Some(get) = unsafe { (*(*vdev).config).get } {
+                // SAFETY: `vdev` is a valid device, and `buf` is valid for writes of `len`
+                // bytes, which the caller's layout says lie within the configuration space.
+                unsafe { get(vdev, offset as u32, buf.as_mut_ptr().cast(), len as u32) };
+            }
+            return;
+        }
+        // SAFETY: As above; `len` is a multiple of `width`, never 0.
+        unsafe {
+            bindings::__virtio_cread_many(
+                vdev,
+                offset as u32,
+                buf.as_mut_ptr().cast(),
+                len / width,
+                width,
+            )
+        };
+    }
+
+    /// [`Self::config_write`]'s work, not generic.
+    fn write_config(&self, offset: usize, bytes: &[u8]) {
+        crate::task::might_sleep();
+        let vdev = self.as_raw();
+        // SAFETY: A device's `config` points at its transport's operations while it exists.
+        // C calls `set` directly too (`virtio_cwrite8()`).
+        let Some(set) = (unsafe { (*(*vdev).config).set }) else {
+            return;
+        };
         let width = access_width(offset, bytes.len());
         for (i, chunk) in bytes.chunks(width).enumerate() {
-            // SAFETY: `self.as_raw()` is a valid `struct virtio_device` with a bound driver, and
-            // `chunk` is valid for reads of `chunk.len()` bytes within the driver's layout `C`.
+            // SAFETY: `vdev` is a valid `struct virtio_device` with a bound driver, and `chunk`
+            // is valid for reads of `chunk.len()` bytes within the driver's layout.
             unsafe {
-                bindings::virtio_config_set(
-                    self.as_raw(),
+                set(
+                    vdev,
                     (offset + i * width) as u32,
                     chunk.as_ptr().cast(),
                     chunk.len() as u32,

@@ -11,6 +11,7 @@ mod kunit {
             features::raw_table,
             Buffer,
             Feature,
+            QueueId,
             QueueInfo, //
         },
     };
@@ -51,7 +52,8 @@ mod kunit {
 
     #[test]
     fn queues_only_hand_out_their_buffer_type() {
-        let pfns = QueueInfo::new::<KBox<[u32; 256]>>(c"inflate");
+        const INFLATE: QueueId<KBox<[u32; 256]>> = QueueId::new(0);
+        let pfns = QueueInfo::new(INFLATE, c"inflate");
         assert!(pfns.check_carries::<KBox<[u32; 256]>>().is_ok());
         assert!(pfns.check_carries::<KBox<[u32; 255]>>() == Err(EINVAL));
         assert!(pfns.check_carries::<KBox<u64>>() == Err(EINVAL));
@@ -59,6 +61,18 @@ mod kunit {
         let polled = pfns.without_callback();
         assert!(polled.check_carries::<KBox<[u32; 256]>>().is_ok());
         assert!(QueueInfo::unused().check_carries::<KBox<u64>>() == Err(ENOENT));
+    }
+
+    #[test]
+    fn queue_ids_name_their_position() {
+        const A: QueueId<KBox<u64>> = QueueId::new(0);
+        const B: QueueId<KBox<u64>> = QueueId::new(1);
+        let (a, b) = (QueueInfo::new(A, c"a"), QueueInfo::new(B, c"b"));
+        assert!(QueueInfo::check_list(&[a, b]).is_ok());
+        // Queue `B` at position 0 would be locked as `A`.
+        assert!(QueueInfo::check_list(&[b, a]) == Err(EINVAL));
+        // An unused queue has no id to check.
+        assert!(QueueInfo::check_list(&[QueueInfo::unused(), b]).is_ok());
     }
 
     #[test]

@@ -102,7 +102,8 @@ use core::{
     ptr::{
         addr_of,
         null,
-        null_mut, //
+        null_mut,
+        NonNull, //
     },
 };
 
@@ -117,18 +118,70 @@ struct BufferType {
     drop: unsafe fn(*mut c_void),
 }
 
-/// Checks that a queue with buffer type `buffer` carries `B`: `ENOENT` for an unused queue,
-/// `EINVAL` for another type.
-fn carries<B: Buffer>(buffer: Option<BufferType>) -> Result {
+/// Checks that a queue with buffer type `buffer` carries the type `id`: `ENOENT` for an unused
+/// queue, `EINVAL` for another type.
+fn carries(buffer: Option<BufferType>, id: TypeId) -> Result {
     match buffer {
         None => Err(ENOENT),
-        Some(t) if (t.id)() == TypeId::of::<B>() => Ok(()),
+        Some(t) if (t.id)() == id => Ok(()),
         Some(_) => Err(EINVAL),
     }
 }
 
-/// The buffer type of lending queues: no value of it exists.
-enum Lending {}
+/// The buffer type of lending queues ([`QueueInfo::lending`]): no value of it exists, since
+/// a lending queue carries memory the driver does not own, for the duration of a call.
+pub enum Lent {}
+
+/// A queue of a driver's [`Virtqueues`]: its position in the list given to
+/// [`Virtqueues::new`], and the type of the buffers it carries.
+///
+/// A driver declares one constant per queue and names the queue by it everywhere: in its
+/// [`QueueInfo`], to lock it, to ask its ring size. The buffer type then follows from the
+/// name. The queues also check it when they are locked, as a safety net: an id is only a
+/// number, which safe code may make up.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::{prelude::*, virtio::virtqueue::{Lent, QueueId, QueueInfo}};
+///
+/// const INFLATE: QueueId<KBox<[u32; 256]>> = QueueId::new(0);
+/// const REPORTING: QueueId<Lent> = QueueId::new(1);
+///
+/// let queues = [
+///     QueueInfo::new(INFLATE, c"inflate"),
+///     QueueInfo::lending(REPORTING, c"reporting"),
+/// ];
+/// assert_eq!(INFLATE.index(), 0);
+/// # let _ = queues;
+/// ```
+pub struct QueueId<B> {
+    index: usize,
+    _buffer: PhantomData<fn() -> B>,
+}
+
+impl<B> Clone for QueueId<B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B> Copy for QueueId<B> {}
+
+impl<B> QueueId<B> {
+    /// The queue at position `index` of the driver's list.
+    pub const fn new(index: usize) -> Self {
+        Self {
+            index,
+            _buffer: PhantomData,
+        }
+    }
+
+    /// The queue's position in the driver's list, as [`Handler::used`] reports it.
+    pub const fn index(self) -> usize {
+        self.index
+    }
+}
 
 /// A lending queue's token owns nothing; see [`Virtqueues::lend_and_wait`].
 ///
@@ -179,6 +232,8 @@ unsafe fn drop_token<B: Buffer>(token: *mut c_void) {
 /// wanted, and the [`Buffer`] type it carries.
 #[derive(Clone, Copy)]
 pub struct QueueInfo {
+    /// The position the driver says the queue has; checked by [`Virtqueues::new`].
+    index: usize,
     name: Option<&'static CStr>,
     callback: bool,
     buffer: Option<BufferType>,
@@ -186,9 +241,10 @@ pub struct QueueInfo {
 }
 
 impl QueueInfo {
-    /// A queue named `name` carrying buffers of type `B`, with notifications.
-    pub const fn new<B: Buffer>(name: &'static CStr) -> Self {
+    /// Queue `id`, named `name`, carrying buffers of type `B`, with notifications.
+    pub const fn new<B: Buffer>(id: QueueId<B>, name: &'static CStr) -> Self {
         Self {
+            index: id.index,
             name: Some(name),
             callback: true,
             buffer: Some(BufferType {
@@ -201,12 +257,13 @@ impl QueueInfo {
 
     /// A queue through which the driver lends memory it does not own, for the duration of
     /// [`Virtqueues::lend_and_wait`]; it carries no [`Buffer`].
-    pub const fn lending(name: &'static CStr) -> Self {
+    pub const fn lending(id: QueueId<Lent>, name: &'static CStr) -> Self {
         Self {
+            index: id.index,
             name: Some(name),
             callback: true,
             buffer: Some(BufferType {
-                id: TypeId::of::<Lending>,
+                id: TypeId::of::<Lent>,
                 drop: forget_token,
             }),
             hints: false,
@@ -217,6 +274,7 @@ impl QueueInfo {
     /// not negotiated); nothing is allocated for it.
     pub const fn unused() -> Self {
         Self {
+            index: usize::MAX,
             name: None,
             callback: false,
             buffer: None,
@@ -246,7 +304,8 @@ impl QueueInfo {
 /// [`Handler::used`] runs in hard-IRQ context, possibly before probe has returned: it must not
 /// sleep, and it can only reach what the handler itself holds.
 pub trait Handler: Sync {
-    /// The device has used buffers of queue number `queue`. Waiters are already woken.
+    /// The device has used buffers of the queue at position `queue` ([`QueueId::index`]).
+    /// Waiters are already woken.
     fn used(&self, queue: usize) {
         let _ = queue;
     }
@@ -536,7 +595,7 @@ struct Head {
 }
 
 // `with_head` reads a `Virtqueues` of any handler type through `priv` as its `Head`.
-const _: () = assert!(core::mem::offset_of!(Virtqueues<'static, ()>, head) == 0);
+const _: () = assert!(core::mem::offset_of!(Virtqueues<'static, ()>, core.head) == 0);
 
 /// One queue of the device: how it is created, and its ring while it exists.
 struct Queue {
@@ -545,6 +604,9 @@ struct Queue {
     /// queue's ring mutex held.
     vq: Atomic<*mut bindings::virtqueue>,
 }
+
+/// A queue's `vq_callback_t`.
+type VqCallback = unsafe extern "C" fn(*mut bindings::virtqueue);
 
 /// The virtqueues of a device, and the handler of their notifications.
 ///
@@ -561,27 +623,43 @@ struct Queue {
 ///
 /// - While `self` exists, `dev`'s `priv` points at `self`; it is cleared under the device's
 ///   `vqs_list_lock` before `self` is freed.
-/// - `live` is whether the queues exist. While they do, `queues[i].vq` is queue `i` of `dev`, or
-///   null if unused; while they do not, every `vq` is null. Every token in a queue comes from
-///   `into_raw` of the type in `queues[i].info.buffer`.
-/// - `handler`, `head` and `positions` are initialised before the queues exist and outlive
-///   them; `positions[vq->index]` is the position of `vq` in `queues`.
+/// - `handler` is initialised before the queues exist and outlives them.
 #[repr(C)]
 #[pin_data(PinnedDrop)]
 pub struct Virtqueues<'a, H: Handler> {
-    /// First, so that the unbind paths find it through `priv` without knowing `H`.
-    head: Head,
-    /// The position in `queues` of the queue the transport numbers `i` (`vq->index`).
-    positions: KVec<usize>,
-    dev: &'a Device<device::Bound>,
+    /// First, so that the unbind paths find its head through `priv` without knowing `H`.
+    #[pin]
+    core: Inner<'a>,
     #[pin]
     handler: H,
-    queues: KVec<Queue>,
-    live: Atomic<bool>,
     fence: Option<UnbindFence>,
     // Interrupt handlers hold shared references into `self` while `drop` runs.
     #[pin]
     _pin: PhantomPinned,
+}
+
+/// What [`Virtqueues`] is without its handler, which every operation but the notification
+/// callback works on: not generic, so that a driver's module does not carry a copy of it.
+///
+/// # Invariants
+///
+/// - `live` is whether the queues exist. While they do, `queues[i].vq` is queue `i` of `dev`, or
+///   null if unused; while they do not, every `vq` is null. Every token in a queue comes from
+///   `into_raw` of the type in `queues[i].info.buffer`.
+/// - `head` and `positions` are initialised before the queues exist and outlive them;
+///   `positions[vq->index]` is the position of `vq` in `queues`.
+/// - `callback` is the callback of every queue that has notifications.
+#[repr(C)]
+#[pin_data]
+struct Inner<'a> {
+    /// First: the unbind paths find it through `priv`.
+    head: Head,
+    /// The position in `queues` of the queue the transport numbers `i` (`vq->index`).
+    positions: KVec<usize>,
+    dev: &'a Device<device::Bound>,
+    queues: KVec<Queue>,
+    live: Atomic<bool>,
+    callback: VqCallback,
 }
 
 // SAFETY: The raw queue pointers are only used under the queue's mutex (ring operations) or in
@@ -590,63 +668,48 @@ unsafe impl<H: Handler + Send> Send for Virtqueues<'_, H> {}
 // SAFETY: As above: shared access only reaches a queue through its mutex.
 unsafe impl<H: Handler> Sync for Virtqueues<'_, H> {}
 
-impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
-    /// Creates the queues described by `queues` (queue `i` is `queues[i]`) with `handler` for
-    /// their notifications, which may borrow for as long as `binding`, of `dev`, lasts.
-    ///
-    /// Notifications may arrive as soon as this returns, and before the device is marked ready.
-    pub fn new<E>(
-        dev: &Device<device::Core<'_>>,
-        binding: Binding<'a, Device<device::Bound>>,
-        queues: &[QueueInfo],
-        handler: impl PinInit<H, E> + 'a,
-    ) -> impl PinInit<Self, Error> + 'a
-    where
-        Error: From<E>,
-    {
-        // `dev` proves that the device lock is held, `binding` how long the handler may borrow.
-        let same = dev.as_raw() == binding.device().as_raw();
-        let dev = binding.device();
-        let count = queues.len();
-        let positions = Self::positions(queues);
-        let queues = KVec::with_capacity(count, GFP_KERNEL).and_then(|mut v| {
-            for info in queues {
-                v.push(
-                    Queue {
-                        info: *info,
-                        vq: Atomic::new(null_mut()),
-                    },
-                    GFP_KERNEL,
-                )?;
+impl<'a> Inner<'a> {
+    /// The queues to create, and the transport's numbering of them, prepared before the
+    /// initialiser runs: it may not borrow `queues`.
+    fn prepare(queues: &[QueueInfo]) -> Result<(KVec<usize>, KVec<Queue>)> {
+        let mut v = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
+        for (i, info) in queues.iter().enumerate() {
+            // A queue's id must say where it is, or the driver's names would not be its queues.
+            if info.name.is_some() && info.index != i {
+                return Err(EINVAL);
             }
-            Ok(v)
-        });
+            v.push(
+                Queue {
+                    info: *info,
+                    vq: Atomic::new(null_mut()),
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        Ok((Self::positions(queues)?, v))
+    }
 
-        try_pin_init!(&this in Self {
-            dev: if same { dev } else { return Err(EINVAL) },
-            handler <- handler,
+    /// Creates the queues, with `callback` for their notifications; `this` is what `priv`
+    /// points at, whose handler the callback uses and which is initialised already.
+    fn new(
+        dev: &'a Device<device::Bound>,
+        (positions, queues): (KVec<usize>, KVec<Queue>),
+        this: *mut c_void,
+        callback: VqCallback,
+    ) -> impl PinInit<Self, Error> + 'a {
+        let count = queues.len();
+        try_pin_init!(Self {
             head: Head {
                 slots: KBox::pin_slice(|_| Slot::new(), count, GFP_KERNEL)?,
                 quiesce: Quiesce::new()?,
             },
-            positions: positions?,
-            // `handler`, `head` and `positions`, all a callback touches, are initialised at this
-            // point.
-            queues: Self::claim(dev, queues?, this.as_ptr().cast())?,
+            positions,
+            dev,
+            // `head` and `positions`, all that the callback touches with the handler, are
+            // initialised at this point.
+            queues: Self::claim(dev, queues, this, callback)?,
             live: Atomic::new(true),
-            fence: {
-                // SAFETY: The queues were just created for `this`, and are not used yet.
-                let undo = || unsafe {
-                    bindings::virtio_reset_device(dev.as_raw());
-                    bindings::virtio_del_vqs(dev.as_raw());
-                    (*dev.as_raw()).priv_ = null_mut();
-                };
-                let (binding, data) = (Some(binding.generic()), this.as_ptr().cast());
-                // SAFETY: Until the fence is disarmed, in `drop`, `this` is live queues of `dev`,
-                // and deleting them once, under the device lock, ends their use.
-                unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, undo) }?
-            },
-            _pin: PhantomPinned,
+            callback,
         }? Error)
     }
 
@@ -664,6 +727,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         dev: &Device<device::Bound>,
         queues: KVec<Queue>,
         this: *mut c_void,
+        callback: VqCallback,
     ) -> Result<KVec<Queue>> {
         let vdev = dev.as_raw();
 
@@ -677,7 +741,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             (*vdev).priv_ = this;
         }
         // The callback finds `this` through `priv`, and the fields it uses are initialised.
-        let vqs = Self::find(dev, &queues).inspect_err(|_| {
+        let vqs = Self::find(dev, &queues, callback).inspect_err(|_| {
             // SAFETY: As above; on failure the transport has undone everything it did.
             unsafe { (*vdev).priv_ = null_mut() };
         })?;
@@ -692,6 +756,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     fn find(
         dev: &Device<device::Bound>,
         queues: &[Queue],
+        callback: VqCallback,
     ) -> Result<KVec<*mut bindings::virtqueue>> {
         let mut infos = KVec::with_capacity(queues.len(), GFP_KERNEL)?;
         for q in queues.iter().map(|q| &q.info) {
@@ -699,7 +764,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
                 bindings::virtqueue_info {
                     name: q.name.map_or(null(), CStr::as_char_ptr),
                     callback: if q.callback && q.name.is_some() {
-                        Some(Self::callback)
+                        Some(callback)
                     } else {
                         None
                     },
@@ -723,45 +788,8 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         Ok(vqs)
     }
 
-    /// The `vq_callback_t` of every queue, in hard-IRQ context.
-    extern "C" fn callback(vq: *mut bindings::virtqueue) {
-        // SAFETY: The transport only calls this with a valid queue of a live device.
-        let (vdev, index) = unsafe { ((*vq).vdev, (*vq).index as usize) };
-        // SAFETY: By the type invariants, the queue exists, so `priv` points at the
-        // `Virtqueues` that created it.
-        let this = unsafe { (*vdev).priv_ }.cast_const().cast::<Self>();
-        // SAFETY: By the type invariants, `handler`, `head` and `positions` are initialised and
-        // outlive the queues. Only shared references to these fields are made: `new()` may still
-        // be writing the others.
-        let (handler, slots, positions) = unsafe {
-            (
-                &*addr_of!((*this).handler),
-                &*addr_of!((*this).head.slots),
-                &*addr_of!((*this).positions),
-            )
-        };
-
-        // The transport's index counts named queues only; the driver knows queues by position.
-        let Some(&queue) = positions.get(index) else {
-            return;
-        };
-        slots[queue].wake();
-        handler.used(queue);
-    }
-
-    /// The handler given to [`Virtqueues::new`].
-    pub fn handler(&self) -> &H {
-        &self.handler
-    }
-
-    /// Deletes the queues for system sleep, from [`Driver::freeze`](super::Driver::freeze).
-    ///
-    /// The rings are marked broken and the device is reset; then the waiters are woken, and a
-    /// wait for a buffer the device will never return ends with `EIO`. Every buffer the device
-    /// held goes back to its owner (is dropped), and the queues are deleted. Until
-    /// [`Virtqueues::restore`], using a queue fails with `ENODEV`. Does nothing if the queues are
-    /// already deleted; fails with `EINVAL` for another device.
-    pub fn freeze(&self, dev: &Device<device::Core<'_>>) -> Result {
+    /// [`Virtqueues::freeze`]'s work.
+    fn freeze(&self, dev: &Device<device::Core<'_>>) -> Result {
         // `dev` proves the device lock is held: freeze and restore never race each other.
         if dev.as_raw() != self.dev.as_raw() {
             return Err(EINVAL);
@@ -794,7 +822,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         }
         // SAFETY: `vdev` has the queues `find_vqs` created for `self`, reset and unreachable;
         // `del_vqs` frees their interrupts.
-        unsafe { bindings::virtio_del_vqs(vdev) };
+        unsafe { del_vqs(vdev) };
         self.live.store(false, Relaxed);
     }
 
@@ -814,7 +842,8 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     ///
     /// # Safety
     ///
-    /// `this` is a `Virtqueues<H>`, whose memory, leaked, stays valid; the device lock is held.
+    /// `this` is the core of a `Virtqueues`, whose memory, leaked, stays valid; the device lock
+    /// is held.
     unsafe extern "C" fn unbind_action(this: *mut c_void) {
         // SAFETY: By the safety requirements.
         let this = unsafe { &*this.cast::<Self>() };
@@ -822,12 +851,8 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         this.release();
     }
 
-    /// Creates the queues again after [`Virtqueues::freeze`], as [`Virtqueues::new`] did, from
-    /// [`Driver::restore`](super::Driver::restore).
-    ///
-    /// The queues are empty: a driver that primes a queue does so again. Fails with `EBUSY` if
-    /// the queues exist, and with `EINVAL` for another device.
-    pub fn restore(&self, dev: &Device<device::Core<'_>>) -> Result {
+    /// [`Virtqueues::restore`]'s work.
+    fn restore(&self, dev: &Device<device::Core<'_>>) -> Result {
         if dev.as_raw() != self.dev.as_raw() {
             return Err(EINVAL);
         }
@@ -836,7 +861,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         }
         // `priv` still points at `self`. Before any ring exists that a waiter could find broken.
         self.head.quiesce.rearm();
-        let vqs = Self::find(self.dev, &self.queues)?;
+        let vqs = Self::find(self.dev, &self.queues, self.callback)?;
         for ((queue, slot), vq) in self.queues.iter().zip(self.head.slots.iter()).zip(vqs) {
             let _ring = slot.ring.lock();
             queue.vq.store(vq, Relaxed);
@@ -845,8 +870,8 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         Ok(())
     }
 
-    /// The size of queue number `index`'s ring, in descriptors.
-    pub fn ring_size(&self, index: usize) -> Result<usize> {
+    /// [`Virtqueues::ring_size`]'s work.
+    fn ring_size(&self, index: usize) -> Result<usize> {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
         if queue.info.name.is_none() {
             return Err(ENOENT);
@@ -860,21 +885,12 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         Ok(unsafe { bindings::virtqueue_get_vring_size(vq) } as usize)
     }
 
-    /// Lends the memory of `mem` to the device to write (an in-buffer) on lending queue number
-    /// `index`, and sleeps until the device gives it back.
-    ///
-    /// Waiting is what lets a borrow be lent: `mem` is borrowed for exactly as long as the
-    /// device may use it. Fails with `EINVAL` if the queue is not a [`QueueInfo::lending`] one
-    /// with notifications, with `ENODEV` while the queues are frozen, with `EIO` if the ring is
-    /// broken when the wait starts or wakes up (remove, shutdown and freeze wake waiters for
-    /// this), and with `ETIMEDOUT` if the unbind deadline passes. In every case the device no
-    /// longer has `mem` when this returns: on a broken ring or a deadline the device is reset
-    /// first (see the module documentation).
-    pub fn lend_and_wait(&self, index: usize, mem: &impl Lend, flags: Flags) -> Result {
+    /// [`Virtqueues::lend_and_wait`]'s work.
+    fn lend_and_wait(&self, index: usize, mem: &dyn Lend, flags: Flags) -> Result {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
         let info = queue.info;
         // Without notifications nothing would end the wait.
-        if info.buffer.map(|t| (t.id)()) != Some(TypeId::of::<Lending>()) || !info.callback {
+        if info.buffer.map(|t| (t.id)()) != Some(TypeId::of::<Lent>()) || !info.callback {
             return Err(EINVAL);
         }
         let slot = &self.head.slots[index];
@@ -916,13 +932,10 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         }
     }
 
-    /// Locks queue number `index` for ring operations; its buffers are of type `B`.
-    ///
-    /// Fails with `EINVAL` if there is no such queue or it carries another buffer type, with
-    /// `ENOENT` if the queue is unused, and with `ENODEV` while the queues are frozen.
-    pub fn lock<B: Buffer>(&self, index: usize) -> Result<QueueGuard<'_, B>> {
+    /// [`Virtqueues::lock`]'s work, for the buffer type `id`.
+    fn lock(&self, index: usize, id: TypeId) -> Result<RawGuard<'_>> {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
-        carries::<B>(queue.info.buffer)?;
+        carries(queue.info.buffer, id)?;
         let slot = &self.head.slots[index];
         let ring = slot.ring.lock();
         let vq = queue.vq.load(Relaxed);
@@ -930,15 +943,150 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             return Err(ENODEV);
         }
 
-        // INVARIANT: `vq` is a live queue whose tokens come from `B::into_raw` (checked above),
-        // and the guard holds its ring mutex, without which it does not change.
-        Ok(QueueGuard {
+        // INVARIANT: `vq` is a live queue whose tokens come from `into_raw` of the type `id`
+        // (checked above), and the guard holds its ring mutex, without which it does not change.
+        Ok(RawGuard {
             _ring: ring,
             vq,
             slot,
             quiesce: &self.head.quiesce,
             hints: queue.info.hints,
             callback: queue.info.callback,
+        })
+    }
+}
+
+impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
+    /// Creates the queues described by `queues` (queue `i` is `queues[i]`) with `handler` for
+    /// their notifications, which may borrow for as long as `binding`, of `dev`, lasts.
+    ///
+    /// Notifications may arrive as soon as this returns, and before the device is marked ready.
+    pub fn new<E>(
+        dev: &Device<device::Core<'_>>,
+        binding: Binding<'a, Device<device::Bound>>,
+        queues: &[QueueInfo],
+        handler: impl PinInit<H, E> + 'a,
+    ) -> impl PinInit<Self, Error> + 'a
+    where
+        Error: From<E>,
+    {
+        // `dev` proves that the device lock is held, `binding` how long the handler may borrow.
+        let same = dev.as_raw() == binding.device().as_raw();
+        let dev = binding.device();
+        let parts = Inner::prepare(queues);
+
+        try_pin_init!(&this in Self {
+            // Before the queues exist: the callback uses it.
+            handler <- {
+                if !same {
+                    return Err(EINVAL);
+                }
+                handler
+            },
+            core <- Inner::new(dev, parts?, this.as_ptr().cast(), Self::callback),
+            fence: {
+                // SAFETY: The queues were just created for `this`, and are not used yet.
+                let undo = || unsafe {
+                    bindings::virtio_reset_device(dev.as_raw());
+                    del_vqs(dev.as_raw());
+                    (*dev.as_raw()).priv_ = null_mut();
+                };
+                // SAFETY: `this` points at the queues being initialised; taking the address of
+                // one of their fields reads nothing.
+                let data = unsafe { &raw mut (*this.as_ptr()).core }.cast();
+                let binding = Some(binding.generic());
+                // SAFETY: Until the fence is disarmed, in `drop`, `this` is live queues of `dev`,
+                // and deleting them once, under the device lock, ends their use.
+                unsafe { UnbindFence::arm_opt(binding, Inner::unbind_action, data, undo) }?
+            },
+            _pin: PhantomPinned,
+        }? Error)
+    }
+
+    /// The `vq_callback_t` of every queue, in hard-IRQ context.
+    extern "C" fn callback(vq: *mut bindings::virtqueue) {
+        // SAFETY: The transport only calls this with a valid queue of a live device.
+        let (vdev, index) = unsafe { ((*vq).vdev, (*vq).index as usize) };
+        // SAFETY: By the type invariants, the queue exists, so `priv` points at the
+        // `Virtqueues` that created it.
+        let this = unsafe { (*vdev).priv_ }.cast_const().cast::<Self>();
+        // SAFETY: By the type invariants, `handler`, `head` and `positions` are initialised and
+        // outlive the queues. Only shared references to these fields are made: `new()` may still
+        // be writing the others.
+        let (handler, slots, positions) = unsafe {
+            (
+                &*addr_of!((*this).handler),
+                &*addr_of!((*this).core.head.slots),
+                &*addr_of!((*this).core.positions),
+            )
+        };
+
+        // The transport's index counts named queues only; the driver knows queues by position.
+        let Some(&queue) = positions.get(index) else {
+            return;
+        };
+        slots[queue].wake();
+        handler.used(queue);
+    }
+
+    /// The handler given to [`Virtqueues::new`].
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Deletes the queues for system sleep, from [`Driver::freeze`](super::Driver::freeze).
+    ///
+    /// The rings are marked broken and the device is reset; then the waiters are woken, and a
+    /// wait for a buffer the device will never return ends with `EIO`. Every buffer the device
+    /// held goes back to its owner (is dropped), and the queues are deleted. Until
+    /// [`Virtqueues::restore`], using a queue fails with `ENODEV`. Does nothing if the queues are
+    /// already deleted; fails with `EINVAL` for another device.
+    #[inline]
+    pub fn freeze(&self, dev: &Device<device::Core<'_>>) -> Result {
+        self.core.freeze(dev)
+    }
+
+    /// Creates the queues again after [`Virtqueues::freeze`], as [`Virtqueues::new`] did, from
+    /// [`Driver::restore`](super::Driver::restore).
+    ///
+    /// The queues are empty: a driver that primes a queue does so again. Fails with `EBUSY` if
+    /// the queues exist, and with `EINVAL` for another device.
+    #[inline]
+    pub fn restore(&self, dev: &Device<device::Core<'_>>) -> Result {
+        self.core.restore(dev)
+    }
+
+    /// The size of queue `id`'s ring, in descriptors.
+    #[inline]
+    pub fn ring_size<B>(&self, id: QueueId<B>) -> Result<usize> {
+        self.core.ring_size(id.index)
+    }
+
+    /// Lends the memory of `mem` to the device to write (an in-buffer) on lending queue `id`,
+    /// and sleeps until the device gives it back.
+    ///
+    /// Waiting is what lets a borrow be lent: `mem` is borrowed for exactly as long as the
+    /// device may use it. Fails with `EINVAL` if the queue is not a [`QueueInfo::lending`] one
+    /// with notifications, with `ENODEV` while the queues are frozen, with `EIO` if the ring is
+    /// broken when the wait starts or wakes up (remove, shutdown and freeze wake waiters for
+    /// this), and with `ETIMEDOUT` if the unbind deadline passes. In every case the device no
+    /// longer has `mem` when this returns: on a broken ring or a deadline the device is reset
+    /// first (see the module documentation).
+    #[inline]
+    pub fn lend_and_wait(&self, id: QueueId<Lent>, mem: &impl Lend, flags: Flags) -> Result {
+        self.core.lend_and_wait(id.index, mem, flags)
+    }
+
+    /// Locks queue `id` for ring operations.
+    ///
+    /// Fails with `EINVAL` if there is no such queue or it carries another buffer type than
+    /// `id` says (an id made up for another queue), with `ENOENT` if the queue is unused, and
+    /// with `ENODEV` while the queues are frozen.
+    #[inline]
+    pub fn lock<B: Buffer>(&self, id: QueueId<B>) -> Result<QueueGuard<'_, B>> {
+        // INVARIANT: `Inner::lock` checked that the queue carries `B`.
+        Ok(QueueGuard {
+            raw: self.core.lock(id.index, TypeId::of::<B>())?,
             _buffer: PhantomData,
         })
     }
@@ -953,8 +1101,8 @@ impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
         // `false`: the fence's action deleted the queues (the device was unbound while they were
         // leaked, or while this drop started); it has finished. `true`: ours to delete.
         if UnbindFence::disarm_opt(fence) {
-            self.delete();
-            self.release();
+            self.core.delete();
+            self.core.release();
         }
     }
 }
@@ -1047,12 +1195,32 @@ pub(super) fn ready(dev: &Device<device::Core<'_>>) {
 ///
 /// `vdev` is a valid device whose driver is bound, and no reset runs meanwhile.
 unsafe fn ready_raw(vdev: *mut bindings::virtio_device) {
-    // SAFETY: `vdev` is valid (safety requirements).
-    let status = u32::from(unsafe { bindings::virtio_get_status(vdev) });
+    // SAFETY: `vdev` is valid (safety requirements), and its `config` points at its
+    // transport's operations; C reads the status through the op too (`virtio_device_ready()`).
+    let Some(get_status) = (unsafe { (*(*vdev).config).get_status }) else {
+        return;
+    };
+    // SAFETY: As above.
+    let status = u32::from(unsafe { get_status(vdev) });
     if status & bindings::VIRTIO_CONFIG_S_DRIVER_OK == 0 {
         // SAFETY: As above; the check keeps the `WARN_ON()` in `virtio_device_ready()` from
         // firing.
         unsafe { bindings::virtio_device_ready(vdev) };
+    }
+}
+
+/// Deletes the queues of `vdev` (`config->del_vqs`, which C drivers also call through the op:
+/// there is no wrapper) and frees their interrupts.
+///
+/// # Safety
+///
+/// `vdev` is a valid device whose queues were created by `find_vqs` and are no longer used.
+unsafe fn del_vqs(vdev: *mut bindings::virtio_device) {
+    // SAFETY: `vdev` is valid (safety requirements), and its `config` points at its transport's
+    // operations while it exists.
+    if let Some(del_vqs) = unsafe { (*(*vdev).config).del_vqs } {
+        // SAFETY: By the safety requirements.
+        unsafe { del_vqs(vdev) };
     }
 }
 
@@ -1224,13 +1392,24 @@ pub struct Used<B> {
     pub len: usize,
 }
 
-/// Exclusive access to one queue, for ring operations.
+/// Exclusive access to one queue, for ring operations: adding and taking back buffers of type
+/// `B`, and through [`RawGuard`], which it dereferences to, the rest.
 ///
 /// # Invariants
 ///
-/// `vq` is a live queue whose tokens all come from `B::into_raw`, and `ring` is its locked ring
-/// mutex.
+/// Every token in the queue of `raw` comes from `B::into_raw`.
 pub struct QueueGuard<'a, B: Buffer> {
+    raw: RawGuard<'a>,
+    _buffer: PhantomData<B>,
+}
+
+/// Exclusive access to one queue for the ring operations that do not depend on its buffer type;
+/// not generic, so that a driver's module does not carry a copy of them.
+///
+/// # Invariants
+///
+/// `vq` is a live queue, and `_ring` is its locked ring mutex.
+pub struct RawGuard<'a> {
     _ring: MutexGuard<'a, ()>,
     vq: *mut bindings::virtqueue,
     slot: &'a Slot,
@@ -1238,51 +1417,159 @@ pub struct QueueGuard<'a, B: Buffer> {
     hints: bool,
     /// Whether the device's notifications end waits on this queue.
     callback: bool,
-    _buffer: PhantomData<B>,
+}
+
+impl<'a, B: Buffer> core::ops::Deref for QueueGuard<'a, B> {
+    type Target = RawGuard<'a>;
+
+    fn deref(&self) -> &RawGuard<'a> {
+        &self.raw
+    }
+}
+
+// The token operations of `RawGuard` are private: through it, no token can be added or taken.
+impl<'a, B: Buffer> core::ops::DerefMut for QueueGuard<'a, B> {
+    fn deref_mut(&mut self) -> &mut RawGuard<'a> {
+        &mut self.raw
+    }
 }
 
 impl<B: Buffer> QueueGuard<'_, B> {
+    #[inline]
     fn add(&mut self, buf: B, len: usize, out: bool, flags: Flags) -> Result<(), (Error, B)> {
         let (start, size) = buf.region();
         if len == 0 || len > size {
             return Err((EINVAL, buf));
         }
-        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
-        // SAFETY: `sg` is valid for writes, and `start..start + len` is linear-map memory by the
-        // `Buffer` safety requirements.
-        unsafe { bindings::sg_init_one(sg.as_mut_ptr(), start.cast(), len as u32) };
-
         let token = buf.into_raw();
-        // The ring maps `sg` before returning, so it may live on the stack; the memory it points
-        // at stays valid while the token is in the ring (`Buffer` requirements).
-        // SAFETY: `self.vq` is live and we hold its ring mutex (type invariant), `sg` is one
-        // initialised entry, and `token` is non-null (`Buffer` safety requirements).
-        let ret = unsafe {
-            if out {
-                bindings::virtqueue_add_outbuf(self.vq, sg.as_mut_ptr(), 1, token, flags.as_raw())
-            } else {
-                bindings::virtqueue_add_inbuf(self.vq, sg.as_mut_ptr(), 1, token, flags.as_raw())
-            }
-        };
-        if ret < 0 {
+        // SAFETY: `start..start + len` is linear-map memory that stays valid while `token` is in
+        // the ring (`Buffer` safety requirements), `token` is non-null and comes from
+        // `B::into_raw`, as every token of this queue does (type invariant).
+        match unsafe { self.raw.add(start, len as u32, token, out, flags) } {
+            Ok(()) => Ok(()),
             // SAFETY: The ring did not take `token`, which came from `into_raw` above.
-            return Err((Error::from_errno(ret), unsafe { B::from_raw(token) }));
+            Err(e) => Err((e, unsafe { B::from_raw(token) })),
         }
-        Ok(())
     }
 
     /// Lends the first `len` bytes of `buf` to the device to read.
     ///
     /// On failure (`ENOSPC` when the ring is full, `EIO` when it is broken, `EINVAL` for a bad
     /// length) the buffer comes back with the error.
+    #[inline]
     pub fn add_outbuf(&mut self, buf: B, len: usize, flags: Flags) -> Result<(), (Error, B)> {
         self.add(buf, len, true, flags)
     }
 
     /// Lends all of `buf` to the device to write.
+    #[inline]
     pub fn add_inbuf(&mut self, buf: B, flags: Flags) -> Result<(), (Error, B)> {
         let len = buf.region().1;
         self.add(buf, len, false, flags)
+    }
+
+    /// The buffer of a used token.
+    ///
+    /// # Safety
+    ///
+    /// `token` is a used token of this queue, which the ring hands out once.
+    unsafe fn used(token: NonNull<c_void>, len: u32) -> Used<B> {
+        // SAFETY: Every token of this queue comes from `B::into_raw` (type invariant), and the
+        // ring hands each out once (see the module documentation).
+        let buf = unsafe { B::from_raw(token.as_ptr()) };
+        let len = (len as usize).min(buf.region().1);
+        Used { buf, len }
+    }
+
+    /// Takes back a buffer the device has used, if any.
+    #[inline]
+    pub fn get_buf(&mut self) -> Option<Used<B>> {
+        let (token, len) = self.raw.get()?;
+        // SAFETY: `token` was just taken from the ring.
+        Some(unsafe { Self::used(token, len) })
+    }
+
+    /// Sleeps until the device has used a buffer, and takes it back.
+    ///
+    /// Fails with `ENOENT` if the device holds no buffer of this queue, with `EIO` once the
+    /// queue is broken and the device reset, and with `ETIMEDOUT` if the device does not answer
+    /// within [`UNBIND_GRACE_MS`] during unbind (see the module documentation). The buffers the
+    /// device held stay in the queue until the queues are deleted. Notifications must be
+    /// enabled; on a queue created without a callback nothing would end the wait, and this fails
+    /// with `EINVAL` (poll it with [`QueueGuard::get_buf`]).
+    #[inline]
+    pub fn wait_buf(&mut self) -> Result<Used<B>> {
+        let (token, len) = self.raw.wait()?;
+        // SAFETY: `token` was just taken from the ring.
+        Ok(unsafe { Self::used(token, len) })
+    }
+}
+
+impl RawGuard<'_> {
+    /// Adds one buffer of `len` bytes at `start` with `token`.
+    ///
+    /// # Safety
+    ///
+    /// `start..start + len` is linear-map memory that stays valid while `token` is in the ring,
+    /// and `token` is non-null and of the queue's buffer type.
+    unsafe fn add(
+        &mut self,
+        start: *mut u8,
+        len: u32,
+        token: *mut c_void,
+        out: bool,
+        flags: Flags,
+    ) -> Result {
+        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
+        // SAFETY: `sg` is valid for writes, and `start..start + len` is linear-map memory (safety
+        // requirements).
+        unsafe { bindings::sg_init_one(sg.as_mut_ptr(), start.cast(), len) };
+        // The ring maps `sg` before returning, so it may live on the stack; the memory it points
+        // at stays valid while the token is in the ring (safety requirements).
+        // SAFETY: `self.vq` is live and we hold its ring mutex (type invariant), `sg` is one
+        // initialised entry, and `token` is non-null.
+        to_result(unsafe {
+            if out {
+                bindings::virtqueue_add_outbuf(self.vq, sg.as_mut_ptr(), 1, token, flags.as_raw())
+            } else {
+                bindings::virtqueue_add_inbuf(self.vq, sg.as_mut_ptr(), 1, token, flags.as_raw())
+            }
+        })
+    }
+
+    /// Takes a used token out of the ring, skipping hints, with the length the device wrote.
+    fn get(&mut self) -> Option<(NonNull<c_void>, u32)> {
+        let mut len = 0u32;
+        loop {
+            // SAFETY: `self.vq` is live and exclusively ours (type invariant).
+            let token = unsafe { bindings::virtqueue_get_buf(self.vq, &mut len) };
+            // A used hint needs nothing done.
+            if token != hint_token() {
+                return NonNull::new(token).map(|t| (t, len));
+            }
+        }
+    }
+
+    /// [`QueueGuard::wait_buf`]'s work.
+    fn wait(&mut self) -> Result<(NonNull<c_void>, u32)> {
+        if !self.callback {
+            return Err(EINVAL);
+        }
+        let slot = self.slot;
+        let mut since = None;
+        loop {
+            let notify = slot.notify.lock();
+            if let Some(used) = self.get() {
+                return Ok(used);
+            }
+            // With nothing in the queue there is nothing to wait for, nor to protect.
+            if self.num_free() == self.size() {
+                return Err(if self.is_broken() { EIO } else { ENOENT });
+            }
+            // SAFETY: `self.vq` is live and we hold its ring mutex (type invariant), and
+            // `self.quiesce` belongs to its queues.
+            unsafe { wait(self.vq, slot, self.quiesce, notify, &mut since) }?;
+        }
     }
 
     /// Hints to the device that the memory of `block` is free, in an in-buffer over the block.
@@ -1331,56 +1618,6 @@ impl<B: Buffer> QueueGuard<'_, B> {
         unsafe { kick(self.vq) }
     }
 
-    /// Takes back a buffer the device has used, if any.
-    pub fn get_buf(&mut self) -> Option<Used<B>> {
-        let mut len = 0u32;
-        let token = loop {
-            // SAFETY: `self.vq` is live and exclusively ours (type invariant).
-            let token = unsafe { bindings::virtqueue_get_buf(self.vq, &mut len) };
-            // A used hint needs nothing done.
-            if token != hint_token() {
-                break token;
-            }
-        };
-        if token.is_null() {
-            return None;
-        }
-        // SAFETY: The ring returns each token it was given at most once (see the module
-        // documentation), and every token of this queue comes from `B::into_raw`.
-        let buf = unsafe { B::from_raw(token) };
-        let len = (len as usize).min(buf.region().1);
-        Some(Used { buf, len })
-    }
-
-    /// Sleeps until the device has used a buffer, and takes it back.
-    ///
-    /// Fails with `ENOENT` if the device holds no buffer of this queue, with `EIO` once the
-    /// queue is broken and the device reset, and with `ETIMEDOUT` if the device does not answer
-    /// within [`UNBIND_GRACE_MS`] during unbind (see the module documentation). The buffers the
-    /// device held stay in the queue until the queues are deleted. Notifications must be
-    /// enabled; on a queue created without a callback nothing would end the wait, and this fails
-    /// with `EINVAL` (poll it with [`QueueGuard::get_buf`]).
-    pub fn wait_buf(&mut self) -> Result<Used<B>> {
-        if !self.callback {
-            return Err(EINVAL);
-        }
-        let slot = self.slot;
-        let mut since = None;
-        loop {
-            let notify = slot.notify.lock();
-            if let Some(used) = self.get_buf() {
-                return Ok(used);
-            }
-            // With nothing in the queue there is nothing to wait for, nor to protect.
-            if self.num_free() == self.size() {
-                return Err(if self.is_broken() { EIO } else { ENOENT });
-            }
-            // SAFETY: `self.vq` is live and we hold its ring mutex (type invariant), and
-            // `self.quiesce` belongs to its queues.
-            unsafe { wait(self.vq, slot, self.quiesce, notify, &mut since) }?;
-        }
-    }
-
     /// Asks the device for notifications again; returns `false` if buffers were used meanwhile
     /// (poll them, they will not be notified).
     pub fn enable_cb(&mut self) -> bool {
@@ -1418,6 +1655,11 @@ impl<B: Buffer> QueueGuard<'_, B> {
 impl QueueInfo {
     /// For the KUnit suite: whether [`Virtqueues::lock`] would accept `B` for this queue.
     pub(super) fn check_carries<B: Buffer>(&self) -> Result {
-        carries::<B>(self.buffer)
+        carries(self.buffer, TypeId::of::<B>())
+    }
+
+    /// For the KUnit suite: whether [`Virtqueues::new`] would accept this list of queues.
+    pub(super) fn check_list(queues: &[QueueInfo]) -> Result {
+        Inner::prepare(queues).map(|_| ())
     }
 }

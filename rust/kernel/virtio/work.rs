@@ -68,23 +68,32 @@ use core::ptr::NonNull;
 
 /// The driver data of a device bound to a Rust virtio driver.
 ///
-/// `repr(C)` keeps `work` at offset 0, so that [`Device::schedule_work`], which does not know
-/// `T`, finds it from the driver data pointer.
-///
-/// # Invariants
-///
-/// - `work` is initialised with [`Private::run`] as its function.
-/// - `vdev` is the device `data` was probed for; it outlives `self`.
-/// - `gate` is the gate of the binding `data` was probed with.
+/// `repr(C)` keeps `head`, and its `work`, at offset 0, so that [`Device::schedule_work`], which
+/// does not know `T`, finds the work item from the driver data pointer.
 #[repr(C)]
 #[pin_data(PinnedDrop)]
 pub struct Private<'bound, T: Driver> {
     #[pin]
+    head: Head<'bound>,
+    #[pin]
+    data: T::Data<'bound>,
+}
+
+/// What the adapter reaches in the driver data without knowing the driver: not generic, so that
+/// a driver's module does not carry a copy of it.
+///
+/// # Invariants
+///
+/// - `work` is initialised with the `run` function of the [`Private`] this is the head of.
+/// - `vdev` is the device the driver data was probed for; it outlives `self`.
+/// - `gate` is the gate of the binding the driver data was probed with.
+#[repr(C)]
+#[pin_data]
+struct Head<'bound> {
+    #[pin]
     work: Opaque<bindings::work_struct>,
     vdev: NonNull<bindings::virtio_device>,
     gate: &'bound Gate,
-    #[pin]
-    data: T::Data<'bound>,
 }
 
 // SAFETY: `vdev` is only used to make a `&Device<Bound>`, which is `Sync`; the work item is
@@ -102,21 +111,9 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
         data: impl PinInit<T::Data<'bound>, Error> + 'bound,
     ) -> impl PinInit<Self, Error> + 'bound {
         try_pin_init!(Self {
-            work <- Opaque::ffi_init(|slot| {
-                // SAFETY: `slot` is valid for writes; `run` expects a work item embedded at
-                // offset 0 of a `Private<T>`, which this one is.
-                unsafe {
-                    bindings::init_work_with_key(
-                        slot,
-                        Some(Self::run),
-                        false,
-                        crate::c_str!("virtio::Private::work").as_char_ptr(),
-                        crate::static_lock_class!().as_ptr(),
-                    )
-                }
-            }),
-            vdev,
-            gate,
+            // SAFETY: `run` takes the work item for the head of a `Private<T>`, which this one
+            // is the head of.
+            head <- unsafe { Head::new(vdev, gate, Self::run) },
             data <- data,
         }? Error)
     }
@@ -126,18 +123,10 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
     /// Same as `set_drvdata()`, but with release ordering: [`Device::schedule_work`] may read the
     /// pointer from interrupt context on another CPU as soon as it is stored.
     pub(super) fn publish(dev: &device::Device<device::CoreInternal<'_>>, this: Pin<KBox<Self>>) {
-        let ptr = this.into_foreign();
-        // SAFETY: `dev` is a valid device, and its `driver_data` is only accessed atomically by
-        // readers that may race with this store.
-        let slot = unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) };
-        slot.store(ptr.cast(), Release);
+        publish(dev, this.into_foreign().cast());
     }
 
     /// Takes the driver data back from `dev`: the reverse of [`Private::publish`].
-    ///
-    /// The pointer is cleared atomically, as [`Device::schedule_work`] may still read it from a
-    /// queue callback until the driver's queues are deleted, or from a leaked registration until
-    /// the device's devres actions run; after a grace period, nobody uses the old pointer.
     ///
     /// # Safety
     ///
@@ -146,13 +135,7 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
     pub(super) unsafe fn unpublish(
         dev: &device::Device<device::CoreInternal<'_>>,
     ) -> Pin<KBox<Self>> {
-        // SAFETY: `dev` is a valid device, and its `driver_data` is only accessed atomically by
-        // readers that may race with this store.
-        let slot = unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) };
-        let ptr = slot.xchg(core::ptr::null_mut(), Relaxed);
-        // `schedule_work()` reads the pointer and queues the work within one RCU read-side
-        // critical section: once this returns, none uses `ptr` any more.
-        synchronize_rcu();
+        let ptr = unpublish(dev);
         // SAFETY: By the safety requirements, `ptr` comes from `into_foreign()` in `publish`, and
         // is given back once: the pointer is null now.
         unsafe { Pin::<KBox<Self>>::from_foreign(ptr.cast()) }
@@ -168,13 +151,61 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
         // SAFETY: By the type invariant only a `Private<T>` installs this function, for its
         // `work` at offset 0, and the item is disabled before the `Private` is dropped.
         let this = unsafe { Pin::new_unchecked(&*work.cast::<Self>()) };
-        let dev = this.get_ref().device();
-
+        let head = &this.get_ref().head;
         if T::HAS_WORK {
-            T::work(dev, this.data());
+            T::work(head.device(), this.data());
         }
+        head.ran();
+    }
+
+    /// Closes the binding's gate: no fence is armed from now on (unbinding starts).
+    #[inline]
+    pub(super) fn close_gate(&self) {
+        self.head.gate.close();
+    }
+
+    /// Disables the work item and waits for a running instance: it will not run again.
+    #[inline]
+    pub(super) fn disable_work(&self) {
+        self.head.disable_work();
+    }
+}
+
+impl<'bound> Head<'bound> {
+    /// A head whose work item runs `run`.
+    ///
+    /// # Safety
+    ///
+    /// `run` is the `run` function of the [`Private`] this head is initialised in.
+    unsafe fn new(
+        vdev: NonNull<bindings::virtio_device>,
+        gate: &'bound Gate,
+        run: unsafe extern "C" fn(*mut bindings::work_struct),
+    ) -> impl PinInit<Self> + 'bound {
+        pin_init!(Self {
+            work <- Opaque::ffi_init(move |slot| {
+                // SAFETY: `slot` is valid for writes; `run` expects a work item embedded at
+                // offset 0 of its `Private<T>`, which this one is (safety requirements).
+                unsafe {
+                    bindings::init_work_with_key(
+                        slot,
+                        Some(run),
+                        false,
+                        crate::c_str!("virtio::Private::work").as_char_ptr(),
+                        crate::static_lock_class!().as_ptr(),
+                    )
+                }
+            }),
+            vdev,
+            gate,
+        })
+    }
+
+    /// After the driver's work: lets the wakeup source go unless the work is queued again.
+    fn ran(&self) {
+        let dev = self.device();
         // SAFETY: `work` is initialised by the type invariant.
-        let pending = || unsafe { bindings::work_pending(work) };
+        let pending = || unsafe { bindings::work_pending(self.work.get()) };
         if !pending() {
             dev.relax();
             // Scheduled between the check and the relax: hold the source again.
@@ -183,16 +214,8 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
             }
         }
     }
-}
 
-impl<T: Driver> Private<'_, T> {
-    /// Closes the binding's gate: no fence is armed from now on (unbinding starts).
-    pub(super) fn close_gate(&self) {
-        self.gate.close();
-    }
-
-    /// Disables the work item and waits for a running instance: it will not run again.
-    pub(super) fn disable_work(&self) {
+    fn disable_work(&self) {
         // SAFETY: `work` is initialised by the type invariant.
         if unsafe { bindings::disable_work_sync(self.work.get()) } {
             // It was pending, and held the wakeup source.
@@ -207,12 +230,36 @@ impl<T: Driver> Private<'_, T> {
     }
 }
 
+/// Stores `ptr` as `dev`'s driver data, with release ordering.
+fn publish(dev: &device::Device<device::CoreInternal<'_>>, ptr: *mut c_void) {
+    // SAFETY: `dev` is a valid device, and its `driver_data` is only accessed atomically by
+    // readers that may race with this store.
+    let slot = unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) };
+    slot.store(ptr, Release);
+}
+
+/// Clears `dev`'s driver data and returns what it was, once nobody uses it.
+///
+/// The pointer is cleared atomically, as [`Device::schedule_work`] may still read it from a
+/// queue callback until the driver's queues are deleted, or from a leaked registration until
+/// the device's devres actions run; after a grace period, nobody uses the old pointer.
+fn unpublish(dev: &device::Device<device::CoreInternal<'_>>) -> *mut c_void {
+    // SAFETY: `dev` is a valid device, and its `driver_data` is only accessed atomically by
+    // readers that may race with this store.
+    let slot = unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) };
+    let ptr = slot.xchg(core::ptr::null_mut(), Relaxed);
+    // `schedule_work()` reads the pointer and queues the work within one RCU read-side critical
+    // section: once this returns, none uses `ptr` any more.
+    synchronize_rcu();
+    ptr
+}
+
 #[pinned_drop]
 impl<T: Driver> PinnedDrop for Private<'_, T> {
     fn drop(self: Pin<&mut Self>) {
         // Remove has disabled the work already; this covers a driver data that is dropped
         // without remove, and must come before the data the work borrows is dropped.
-        self.disable_work();
+        self.head.disable_work();
     }
 }
 

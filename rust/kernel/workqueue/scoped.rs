@@ -296,16 +296,9 @@ impl core::ops::BitOr for QueueFlags {
 impl OwnedQueue {
     /// Allocates a workqueue named `name` (`max_active` 0: the default).
     pub fn new(name: &'static CStr, flags: QueueFlags, max_active: i32) -> Result<Self> {
-        // SAFETY: `"%s"` with one string argument is a valid format for `name`, which lives
-        // forever.
-        let wq = unsafe {
-            bindings::alloc_workqueue_noprof(
-                crate::c_str!("%s").as_char_ptr(),
-                flags.0,
-                max_active,
-                name.as_char_ptr(),
-            )
-        };
+        // SAFETY: `name` is a NUL-terminated string that lives forever; the helper passes it as
+        // the argument of a `"%s"` format, and tags the allocation as `alloc_workqueue()` does.
+        let wq = unsafe { bindings::alloc_workqueue(name.as_char_ptr(), flags.0, max_active) };
         // INVARIANT: A non-null result is a workqueue that is ours.
         Ok(Self(NonNull::new(wq).ok_or(ENOMEM)?))
     }
