@@ -278,7 +278,8 @@ impl<H: MigrationHandler> Balloon<H> {
         H: 'a,
     {
         try_pin_init!(&this in Self {
-            core <- Core::new(managed, Self::migrate_callback),
+            // SAFETY: The `core` of `this`, a `Balloon<H>`, with its `migrate_callback`.
+            core <- unsafe { Core::new(managed, Self::migrate_callback) },
             handler <- handler,
             fence: {
                 // SAFETY: `this` points at the balloon being initialised; taking the address of
@@ -352,8 +353,9 @@ impl<H: MigrationHandler> Balloon<H> {
         page: *mut bindings::page,
         mode: bindings::migrate_mode,
     ) -> c_int {
-        // SAFETY: Only `Balloon::<H>::init` installs this callback, so `info` is the `info` field
-        // of a `Balloon<H>`; it is alive, since it has an isolated page that its drop waits for.
+        // SAFETY: Only `Balloon::<H>::init` installs this callback (through `Core::new`), so `info`
+        // is the `core.info` field of a `Balloon<H>`; it is alive, since it has an isolated page
+        // that its drop waits for.
         let this = unsafe { &*crate::container_of!(Opaque::cast_from(info), Self, core.info) };
         let (Some(new), Some(old)) = (NonNull::new(newpage), NonNull::new(page)) else {
             return EINVAL.to_errno();
@@ -373,7 +375,13 @@ impl<H: MigrationHandler> Balloon<H> {
 }
 
 impl Core {
-    fn new(
+    /// An empty balloon whose pages migrate through `migratepage`.
+    ///
+    /// # Safety
+    ///
+    /// The initialiser is only used for the `core` field of a `Balloon<H>`, and `migratepage`
+    /// is that type's `migrate_callback`, which finds the balloon from `info`.
+    unsafe fn new(
         managed: ManagedPages,
         migratepage: unsafe extern "C" fn(
             *mut bindings::balloon_dev_info,

@@ -76,6 +76,7 @@ pub use self::id::{
 };
 pub use self::virtqueue::{
     Buffer,
+    Lent,
     QueueId,
     QueueInfo,
     Virtqueues, //
@@ -166,6 +167,9 @@ impl<T: Driver + 'static> Adapter<T> {
         unsafe { (*vdev).priv_ = core::ptr::null_mut() };
 
         let ret = from_result(|| {
+            if !has_ops(vdev) {
+                return Err(ENODEV);
+            }
             let vdev = NonNull::new(vdev).ok_or(EINVAL)?;
             let bound: &Device<device::Bound> = dev;
             // The binding's first devres action; closed when remove starts, or below if probe
@@ -499,6 +503,17 @@ pub trait Driver {
         let _ = (dev, this);
         build_error!(VTABLE_DEFAULT_ERROR)
     }
+}
+
+/// Whether the transport of `vdev` has the operations that `virtio_config_ops` makes mandatory
+/// and that the abstractions call through their pointers (`get`, `set`, `get_status`,
+/// `del_vqs`), as C drivers do, unconditionally. A Rust driver is not bound to a transport
+/// without them.
+fn has_ops(vdev: *mut bindings::virtio_device) -> bool {
+    // SAFETY: The bus calls probe with a valid device, whose `config` points at its transport's
+    // operations.
+    let ops = unsafe { &*(*vdev).config };
+    ops.get.is_some() && ops.set.is_some() && ops.get_status.is_some() && ops.del_vqs.is_some()
 }
 
 /// The virtio device representation.

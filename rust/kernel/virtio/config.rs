@@ -45,6 +45,7 @@ impl Device<device::Bound> {
     /// generation is stable. Use [`virtio_cread!`](crate::virtio_cread).
     #[doc(hidden)]
     #[inline]
+    #[track_caller]
     pub fn config_read<C, F: FromBytes + IntoBytes>(
         &self,
         offset: usize,
@@ -61,6 +62,7 @@ impl Device<device::Bound> {
     /// Use [`virtio_cwrite!`](crate::virtio_cwrite).
     #[doc(hidden)]
     #[inline]
+    #[track_caller]
     pub fn config_write<C, F: IntoBytes + Immutable>(
         &self,
         offset: usize,
@@ -72,6 +74,7 @@ impl Device<device::Bound> {
     }
 
     /// [`Self::config_read`]'s work, not generic: the driver's module carries no copy of it.
+    #[track_caller]
     fn read_config(&self, offset: usize, buf: &mut [u8]) {
         // Transports may sleep here (vDPA takes a semaphore), as `virtio_cread8()` says.
         crate::task::might_sleep();
@@ -89,7 +92,7 @@ impl Device<device::Bound> {
             }
             return;
         }
-        // SAFETY: As above; `len` is a multiple of `width`, never 0.
+        // SAFETY: As above; `len` is a multiple of `width`, which is never 0.
         unsafe {
             bindings::__virtio_cread_many(
                 vdev,
@@ -102,6 +105,7 @@ impl Device<device::Bound> {
     }
 
     /// [`Self::config_write`]'s work, not generic.
+    #[track_caller]
     fn write_config(&self, offset: usize, bytes: &[u8]) {
         crate::task::might_sleep();
         let vdev = self.as_raw();

@@ -649,6 +649,8 @@ pub struct Virtqueues<'a, H: Handler> {
 /// - `head` and `positions` are initialised before the queues exist and outlive them;
 ///   `positions[vq->index]` is the position of `vq` in `queues`.
 /// - `callback` is the callback of every queue that has notifications.
+/// - `self` is the `core` of a [`Virtqueues`], at its offset 0, which `dev`'s `priv` points at
+///   until [`Inner::release`] clears it.
 #[repr(C)]
 #[pin_data]
 struct Inner<'a> {
@@ -660,6 +662,10 @@ struct Inner<'a> {
     queues: KVec<Queue>,
     live: Atomic<bool>,
     callback: VqCallback,
+    // The callback holds shared references into `head` and `positions` while the initialiser
+    // of `Virtqueues` makes a `Pin<&mut Self>` of it: `!Unpin`, that reference is not unique.
+    #[pin]
+    _pin: PhantomPinned,
 }
 
 // SAFETY: The raw queue pointers are only used under the queue's mutex (ring operations) or in
@@ -689,9 +695,14 @@ impl<'a> Inner<'a> {
         Ok((Self::positions(queues)?, v))
     }
 
-    /// Creates the queues, with `callback` for their notifications; `this` is what `priv`
-    /// points at, whose handler the callback uses and which is initialised already.
-    fn new(
+    /// Creates the queues, with `callback` for their notifications.
+    ///
+    /// # Safety
+    ///
+    /// `this` is the `Virtqueues<H>` whose `core` field this initialises, and whose handler is
+    /// initialised already; `callback` is `Virtqueues::<H>::callback`, which finds both through
+    /// `priv`.
+    unsafe fn new(
         dev: &'a Device<device::Bound>,
         (positions, queues): (KVec<usize>, KVec<Queue>),
         this: *mut c_void,
@@ -710,6 +721,7 @@ impl<'a> Inner<'a> {
             queues: Self::claim(dev, queues, this, callback)?,
             live: Atomic::new(true),
             callback,
+            _pin: PhantomPinned,
         }? Error)
     }
 
@@ -829,7 +841,8 @@ impl<'a> Inner<'a> {
     /// Clears `priv`, under the lock `with_head` reads it under.
     fn release(&self) {
         let vdev = self.dev.as_raw();
-        // SAFETY: `vdev` is valid, and `priv` points at `self` (type invariant).
+        // SAFETY: `vdev` is valid, and `priv` points at the `Virtqueues` whose core is `self`
+        // (type invariant); `vqs_list_lock` is an initialised spin lock of the device.
         unsafe {
             let lock = &raw mut (*vdev).vqs_list_lock;
             bindings::spin_lock(lock);
@@ -974,6 +987,8 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         let same = dev.as_raw() == binding.device().as_raw();
         let dev = binding.device();
         let parts = Inner::prepare(queues);
+        // `with_head` and the callback read `priv` as the `Head` of the core.
+        const { assert!(core::mem::offset_of!(Self, core.head) == 0) };
 
         try_pin_init!(&this in Self {
             // Before the queues exist: the callback uses it.
@@ -983,7 +998,9 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
                 }
                 handler
             },
-            core <- Inner::new(dev, parts?, this.as_ptr().cast(), Self::callback),
+            // SAFETY: `core` of `this`, whose handler is initialised (above); the callback is
+            // this type's.
+            core <- unsafe { Inner::new(dev, parts?, this.as_ptr().cast(), Self::callback) },
             fence: {
                 // SAFETY: The queues were just created for `this`, and are not used yet.
                 let undo = || unsafe {
@@ -1217,7 +1234,8 @@ unsafe fn ready_raw(vdev: *mut bindings::virtio_device) {
 /// `vdev` is a valid device whose queues were created by `find_vqs` and are no longer used.
 unsafe fn del_vqs(vdev: *mut bindings::virtio_device) {
     // SAFETY: `vdev` is valid (safety requirements), and its `config` points at its transport's
-    // operations while it exists.
+    // operations while it exists; the adapter's probe refused a transport without `del_vqs`, so
+    // it is there (the `else` is never taken).
     if let Some(del_vqs) = unsafe { (*(*vdev).config).del_vqs } {
         // SAFETY: By the safety requirements.
         unsafe { del_vqs(vdev) };
@@ -1392,8 +1410,33 @@ pub struct Used<B> {
     pub len: usize,
 }
 
-/// Exclusive access to one queue, for ring operations: adding and taking back buffers of type
-/// `B`, and through [`RawGuard`], which it dereferences to, the rest.
+/// Exclusive access to one queue, for ring operations.
+///
+/// Adding and taking back buffers needs their type `B`; every other operation is the
+/// non-generic guard's inside, which this forwards to. The inner guard is never handed out: two
+/// guards of queues with different buffer types would hold the same type inside, and swapping
+/// them would let a buffer of one type into the other queue. That does not compile
+/// (`tests/test_compile_fail.py` checks it):
+///
+/// ```ignore
+/// // compile_fail: E0614
+/// use kernel::{prelude::*, virtio::virtqueue::QueueGuard};
+///
+/// fn swap(a: &mut QueueGuard<'_, KBox<[u32; 256]>>, b: &mut QueueGuard<'_, KBox<u64>>) {
+///     core::mem::swap(&mut **a, &mut **b);
+/// }
+/// ```
+///
+/// The operations a guard offers take it whole:
+///
+/// ```
+/// use kernel::{prelude::*, virtio::virtqueue::QueueGuard};
+///
+/// fn notify(vq: &mut QueueGuard<'_, KBox<[u32; 256]>>) -> bool {
+///     vq.num_free() < vq.size() && vq.kick()
+/// }
+/// # let _ = notify;
+/// ```
 ///
 /// # Invariants
 ///
@@ -1408,8 +1451,9 @@ pub struct QueueGuard<'a, B: Buffer> {
 ///
 /// # Invariants
 ///
-/// `vq` is a live queue, and `_ring` is its locked ring mutex.
-pub struct RawGuard<'a> {
+/// `vq` is a live queue, `_ring` is its locked ring mutex, and `slot` and `quiesce` belong to
+/// its queues.
+struct RawGuard<'a> {
     _ring: MutexGuard<'a, ()>,
     vq: *mut bindings::virtqueue,
     slot: &'a Slot,
@@ -1417,21 +1461,6 @@ pub struct RawGuard<'a> {
     hints: bool,
     /// Whether the device's notifications end waits on this queue.
     callback: bool,
-}
-
-impl<'a, B: Buffer> core::ops::Deref for QueueGuard<'a, B> {
-    type Target = RawGuard<'a>;
-
-    fn deref(&self) -> &RawGuard<'a> {
-        &self.raw
-    }
-}
-
-// The token operations of `RawGuard` are private: through it, no token can be added or taken.
-impl<'a, B: Buffer> core::ops::DerefMut for QueueGuard<'a, B> {
-    fn deref_mut(&mut self) -> &mut RawGuard<'a> {
-        &mut self.raw
-    }
 }
 
 impl<B: Buffer> QueueGuard<'_, B> {
@@ -1503,6 +1532,59 @@ impl<B: Buffer> QueueGuard<'_, B> {
         // SAFETY: `token` was just taken from the ring.
         Ok(unsafe { Self::used(token, len) })
     }
+
+    /// Hints to the device that the memory of `block` is free, in an in-buffer over the block.
+    ///
+    /// The block stays the caller's: a hint owns nothing, and the block may be freed while the
+    /// hint is still in the ring. That is the protocol of free page hinting (virtio 1.2,
+    /// 5.5.6.6): the device only uses a hint to skip the pages while they are not written, and
+    /// never writes them itself. A device without `ACCESS_PLATFORM` reaches all of guest memory
+    /// in any case. Fails with `EINVAL` on a queue not made [`QueueInfo::with_hints`] and on a
+    /// ring that maps its buffers for the device (`ACCESS_PLATFORM`, Xen), where a hinted
+    /// block stays mapped until the hint comes back; and as [`QueueGuard::add_outbuf`]
+    /// otherwise.
+    #[inline]
+    pub fn add_hint(&mut self, block: &Pages, flags: Flags) -> Result {
+        self.raw.add_hint(block, flags)
+    }
+
+    /// Notifies the device of added buffers; returns `false` if the notification failed and the
+    /// queue is broken.
+    #[inline]
+    pub fn kick(&mut self) -> bool {
+        self.raw.kick()
+    }
+
+    /// Asks the device for notifications again; returns `false` if buffers were used meanwhile
+    /// (poll them, they will not be notified).
+    #[inline]
+    pub fn enable_cb(&mut self) -> bool {
+        self.raw.enable_cb()
+    }
+
+    /// Asks the device not to notify this queue (a hint).
+    #[inline]
+    pub fn disable_cb(&mut self) {
+        self.raw.disable_cb()
+    }
+
+    /// The number of free descriptors.
+    #[inline]
+    pub fn num_free(&self) -> usize {
+        self.raw.num_free()
+    }
+
+    /// The size of the ring, in descriptors.
+    #[inline]
+    pub fn size(&self) -> usize {
+        self.raw.size()
+    }
+
+    /// Whether the ring is broken: the device misbehaved or is gone.
+    #[inline]
+    pub fn is_broken(&self) -> bool {
+        self.raw.is_broken()
+    }
 }
 
 impl RawGuard<'_> {
@@ -1572,17 +1654,8 @@ impl RawGuard<'_> {
         }
     }
 
-    /// Hints to the device that the memory of `block` is free, in an in-buffer over the block.
-    ///
-    /// The block stays the caller's: a hint owns nothing, and the block may be freed while the
-    /// hint is still in the ring. That is the protocol of free page hinting (virtio 1.2,
-    /// 5.5.6.6): the device only uses a hint to skip the pages while they are not written, and
-    /// never writes them itself. A device without `ACCESS_PLATFORM` reaches all of guest memory
-    /// in any case. Fails with `EINVAL` on a queue not made [`QueueInfo::with_hints`] and on a
-    /// ring that maps its buffers for the device (`ACCESS_PLATFORM`, Xen), where a hinted
-    /// block stays mapped until the hint comes back; and as [`QueueGuard::add_outbuf`]
-    /// otherwise.
-    pub fn add_hint(&mut self, block: &Pages, flags: Flags) -> Result {
+    /// [`QueueGuard::add_hint`]'s work.
+    fn add_hint(&mut self, block: &Pages, flags: Flags) -> Result {
         if !self.hints {
             return Err(EINVAL);
         }
@@ -1613,39 +1686,39 @@ impl RawGuard<'_> {
 
     /// Notifies the device of added buffers; returns `false` if the notification failed and the
     /// queue is broken.
-    pub fn kick(&mut self) -> bool {
+    fn kick(&mut self) -> bool {
         // SAFETY: `self.vq` is live and exclusively ours (type invariant).
         unsafe { kick(self.vq) }
     }
 
     /// Asks the device for notifications again; returns `false` if buffers were used meanwhile
     /// (poll them, they will not be notified).
-    pub fn enable_cb(&mut self) -> bool {
+    fn enable_cb(&mut self) -> bool {
         // SAFETY: `self.vq` is live and exclusively ours (type invariant).
         unsafe { bindings::virtqueue_enable_cb(self.vq) }
     }
 
     /// Asks the device not to notify this queue (a hint).
-    pub fn disable_cb(&mut self) {
+    fn disable_cb(&mut self) {
         // SAFETY: `self.vq` is live and exclusively ours (type invariant).
         unsafe { bindings::virtqueue_disable_cb(self.vq) }
     }
 
     /// The number of free descriptors.
-    pub fn num_free(&self) -> usize {
+    fn num_free(&self) -> usize {
         // SAFETY: `self.vq` is live (type invariant); `num_free` only changes under the ring
         // mutex this guard holds.
         unsafe { (*self.vq).num_free as usize }
     }
 
     /// The size of the ring, in descriptors.
-    pub fn size(&self) -> usize {
+    fn size(&self) -> usize {
         // SAFETY: `self.vq` is live (type invariant).
         unsafe { bindings::virtqueue_get_vring_size(self.vq) as usize }
     }
 
     /// Whether the ring is broken: the device misbehaved or is gone.
-    pub fn is_broken(&self) -> bool {
+    fn is_broken(&self) -> bool {
         // SAFETY: `self.vq` is live (type invariant).
         unsafe { bindings::virtqueue_is_broken(self.vq) }
     }

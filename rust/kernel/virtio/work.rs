@@ -90,11 +90,14 @@ pub struct Private<'bound, T: Driver> {
 #[repr(C)]
 #[pin_data]
 struct Head<'bound> {
+    /// First: found at the address of the driver data.
     #[pin]
     work: Opaque<bindings::work_struct>,
     vdev: NonNull<bindings::virtio_device>,
     gate: &'bound Gate,
 }
+
+const _: () = assert!(core::mem::offset_of!(Head<'static>, work) == 0);
 
 // SAFETY: `vdev` is only used to make a `&Device<Bound>`, which is `Sync`; the work item is
 // usable from any thread and `T::Data` is `Send + Sync`.
@@ -110,6 +113,8 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
         gate: &'bound Gate,
         data: impl PinInit<T::Data<'bound>, Error> + 'bound,
     ) -> impl PinInit<Self, Error> + 'bound {
+        // `run` and `schedule_work` find the `Private` and its work item at its address.
+        const { assert!(core::mem::offset_of!(Self, head) == 0) };
         try_pin_init!(Self {
             // SAFETY: `run` takes the work item for the head of a `Private<T>`, which this one
             // is the head of.
@@ -148,8 +153,9 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
     }
 
     extern "C" fn run(work: *mut bindings::work_struct) {
-        // SAFETY: By the type invariant only a `Private<T>` installs this function, for its
-        // `work` at offset 0, and the item is disabled before the `Private` is dropped.
+        // SAFETY: Only `Private::<T>::new` installs this function, for the work item of its head
+        // (`Head::new`'s safety requirements), which is at offset 0 of the `Private<T>`; the item
+        // is disabled before the `Private` is dropped.
         let this = unsafe { Pin::new_unchecked(&*work.cast::<Self>()) };
         let head = &this.get_ref().head;
         if T::HAS_WORK {

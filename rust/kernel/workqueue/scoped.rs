@@ -296,9 +296,17 @@ impl core::ops::BitOr for QueueFlags {
 impl OwnedQueue {
     /// Allocates a workqueue named `name` (`max_active` 0: the default).
     pub fn new(name: &'static CStr, flags: QueueFlags, max_active: i32) -> Result<Self> {
-        // SAFETY: `name` is a NUL-terminated string that lives forever; the helper passes it as
-        // the argument of a `"%s"` format, and tags the allocation as `alloc_workqueue()` does.
-        let wq = unsafe { bindings::alloc_workqueue(name.as_char_ptr(), flags.0, max_active) };
+        // SAFETY: `"%s"` with one string argument, `name`, is a valid format (the workqueue
+        // copies the name). The allocation is tagged as `alloc_workqueue()` tags it, at the
+        // helper's line for every Rust caller.
+        let wq = unsafe {
+            bindings::alloc_workqueue(
+                c"%s".as_char_ptr(),
+                flags.0,
+                max_active,
+                name.as_char_ptr().cast(),
+            )
+        };
         // INVARIANT: A non-null result is a workqueue that is ours.
         Ok(Self(NonNull::new(wq).ok_or(ENOMEM)?))
     }
