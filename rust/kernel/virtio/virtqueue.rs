@@ -925,9 +925,13 @@ impl<'a> Inner<'a> {
         // SAFETY: As above.
         unsafe { kick(vq) };
         let mut since = None;
+        let mut len = 0u32;
         loop {
+            // SAFETY: As above. Without `notify`: see `RawGuard::wait`.
+            if !unsafe { bindings::virtqueue_get_buf(vq, &mut len) }.is_null() {
+                return Ok(());
+            }
             let notify = slot.notify.lock();
-            let mut len = 0u32;
             // SAFETY: As above.
             if !unsafe { bindings::virtqueue_get_buf(vq, &mut len) }.is_null() {
                 return Ok(());
@@ -1640,6 +1644,11 @@ impl RawGuard<'_> {
         let slot = self.slot;
         let mut since = None;
         loop {
+            // A device usually answers within the notification: finding that needs no lock,
+            // which is only there to order a wake-up after the look that precedes a sleep.
+            if let Some(used) = self.get() {
+                return Ok(used);
+            }
             let notify = slot.notify.lock();
             if let Some(used) = self.get() {
                 return Ok(used);
