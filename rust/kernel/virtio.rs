@@ -167,7 +167,11 @@ impl<T: Driver + 'static> Adapter<T> {
         unsafe { (*vdev).priv_ = core::ptr::null_mut() };
 
         let ret = from_result(|| {
-            if !has_ops(vdev) {
+            if !dev.has_ops() {
+                dev_err!(
+                    dev.as_ref(),
+                    "the transport lacks a mandatory config operation\n"
+                );
                 return Err(ENODEV);
             }
             let vdev = NonNull::new(vdev).ok_or(EINVAL)?;
@@ -505,17 +509,6 @@ pub trait Driver {
     }
 }
 
-/// Whether the transport of `vdev` has the operations that `virtio_config_ops` makes mandatory
-/// and that the abstractions call through their pointers (`get`, `set`, `get_status`,
-/// `del_vqs`), as C drivers do, unconditionally. A Rust driver is not bound to a transport
-/// without them.
-fn has_ops(vdev: *mut bindings::virtio_device) -> bool {
-    // SAFETY: The bus calls probe with a valid device, whose `config` points at its transport's
-    // operations.
-    let ops = unsafe { &*(*vdev).config };
-    ops.get.is_some() && ops.set.is_some() && ops.get_status.is_some() && ops.del_vqs.is_some()
-}
-
 /// The virtio device representation.
 ///
 /// This structure represents the Rust abstraction for a C `struct virtio_device`. The
@@ -532,6 +525,17 @@ pub struct Device<Ctx: device::DeviceContext = device::Normal>(
 );
 
 impl<Ctx: device::DeviceContext> Device<Ctx> {
+    /// Whether the device's transport has the operations that `virtio_config_ops` makes
+    /// mandatory and that the abstractions call through their pointers (`get`, `set`,
+    /// `get_status`, `del_vqs`), as C drivers do, unconditionally. A Rust driver is not bound to
+    /// a transport without them.
+    fn has_ops(&self) -> bool {
+        // SAFETY: `self` is a valid `struct virtio_device` (type invariant), whose `config`
+        // points at its transport's operations for as long as it exists.
+        let ops = unsafe { &*(*self.as_raw()).config };
+        ops.get.is_some() && ops.set.is_some() && ops.get_status.is_some() && ops.del_vqs.is_some()
+    }
+
     #[inline]
     fn as_raw(&self) -> *mut bindings::virtio_device {
         self.0.get()

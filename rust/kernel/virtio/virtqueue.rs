@@ -662,8 +662,10 @@ struct Inner<'a> {
     queues: KVec<Queue>,
     live: Atomic<bool>,
     callback: VqCallback,
-    // The callback holds shared references into `head` and `positions` while the initialiser
-    // of `Virtqueues` makes a `Pin<&mut Self>` of it: `!Unpin`, that reference is not unique.
+    // The initialiser of `Virtqueues` makes a `Pin<&mut Self>` of the core once it is written,
+    // while a callback may hold shared references into `head` and `positions`. That reference
+    // is never used, so it is no aliasing violation; being `!Unpin` keeps it from claiming
+    // uniqueness all the same, and keeps a later use of it from being one.
     #[pin]
     _pin: PhantomPinned,
 }
@@ -991,8 +993,6 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         let same = dev.as_raw() == binding.device().as_raw();
         let dev = binding.device();
         let parts = Inner::prepare(queues);
-        // `with_head` and the callback read `priv` as the `Head` of the core.
-        const { assert!(core::mem::offset_of!(Self, core.head) == 0) };
 
         try_pin_init!(&this in Self {
             // Before the queues exist: the callback uses it.
