@@ -13,10 +13,9 @@
 //! registration, free page hinting (its queue, work, workqueue and shrinker).
 //!
 //! Power management is the C driver's: freeze gives every page back and deletes the queues,
-//! restore creates them again and inflates back to the target once the system has thawed;
-//! shutdown drops the optional parts and leaves the balloon as it is, for the next kernel to
-//! inflate to the host's target again. The device is wakeup-capable: with `power/wakeup`
-//! enabled it keeps the system awake while the balloon moves.
+//! restore creates them and inflates again once the system has thawed; shutdown drops the
+//! optional parts and leaves the balloon for the next kernel. The device is wakeup-capable: with
+//! `power/wakeup` enabled it keeps the system awake while the balloon moves.
 //!
 //! # Locking
 //!
@@ -31,26 +30,9 @@ use core::mem::size_of;
 use pin_init::stack_pin_init;
 
 use kernel::{
-    alloc::{
-        flags::{
-            __GFP_NOMEMALLOC,
-            __GFP_NORETRY,
-            __GFP_NOWARN, //
-            GFP_NOWAIT,
-        },
-        Flags,
-    },
     balloon::{
-        available_pages,
-        Balloon,
-        BalloonPage,
-        ManagedPages,
-        MigrateMode,
+        self,
         Migration,
-        MigrationHandler,
-        NewPage,
-        OldPage,
-        PageList,
         Pfn,
         FRAMES_4K_PER_PAGE, //
     },
@@ -61,25 +43,17 @@ use kernel::{
     devres::Binding,
     mm::{
         oom,
-        page_reporting::{
-            self,
-            FreePages, //
-        },
+        page_reporting,
         pages::{
-            Pages,
-            PagesList,
-            MAX_ORDER, //
+            self,
+            Pages, //
         },
         poison,
-        shrinker::{
-            self,
-            Shrinker, //
-        },
+        shrinker,
         vmstat::{
-            MemInfo,
+            self,
             NodeStat,
-            VmEvent,
-            VmEvents, //
+            VmEvent, //
         }, //
     },
     new_mutex, new_spinlock,
@@ -105,23 +79,17 @@ use kernel::{
         self,
         le,
         virtqueue::{
-            Handler,
-            Lent,
+            self,
             QueueGuard, //
         },
         Feature,
-        FeatureSet,
         QueueId,
-        QueueInfo,
-        Virtqueues, //
+        QueueInfo, //
     },
     workqueue::{
-        new_scoped_work,
-        OwnedQueue,
+        self,
         QueueFlags,
-        ScopedHandler,
-        ScopedWork,
-        WorkQueue, //
+        ScopedWork, //
     },
 };
 
@@ -156,7 +124,7 @@ type PfnBuffer = KBox<[le::U32; PFNS_PER_REQUEST]>;
 
 /// One statistic (`struct virtio_balloon_stat`).
 #[repr(C)]
-#[derive(FromBytes, IntoBytes)]
+#[derive(Clone, Copy, FromBytes, IntoBytes)]
 struct Stat {
     tag: le::U16,
     val: le::U64,
@@ -170,20 +138,15 @@ const INFLATE: QueueId<PfnBuffer> = QueueId::new(0);
 const DEFLATE: QueueId<PfnBuffer> = QueueId::new(1);
 const STATS: QueueId<StatsBuffer> = QueueId::new(2);
 const FREE_PAGE: QueueId<CmdIdBuffer> = QueueId::new(3);
-const REPORTING: QueueId<Lent> = QueueId::new(4);
+const REPORTING: QueueId<virtqueue::Lent> = QueueId::new(4);
 
 /// Free page hint command ids: the host wants no more hints, or is done with those it has.
 const CMD_ID_STOP: u32 = 0;
 const CMD_ID_DONE: u32 = 1;
 
 /// Free memory is hinted in blocks of the largest order the allocator has (4 MiB on x86).
-const HINT_ORDER: u32 = MAX_ORDER;
+const HINT_ORDER: u32 = pages::MAX_ORDER;
 const HINT_PAGES: usize = 1 << HINT_ORDER;
-
-/// Hinted blocks are taken only if free: no reclaim, no retrying, no reserves, no warning.
-fn hint_flags() -> Flags {
-    __GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC
-}
 
 type CmdIdBuffer = KBox<le::U32>;
 
@@ -199,7 +162,7 @@ const REPORTING_ORDER: Option<u32> = if cfg!(all(CONFIG_ARM64, CONFIG_ARM64_64K_
 /// 32 MiB. Enough for the guest to stay alive and reclaim to make progress; the C driver has
 /// no such floor (known weakness R7).
 fn reserve_pages() -> usize {
-    let total = MemInfo::now().total as usize;
+    let total = vmstat::MemInfo::now().total as usize;
     (total / 128).max((32 << 20) / PAGE_SIZE)
 }
 
@@ -226,7 +189,7 @@ struct Events<'a> {
     stats_requested: Atomic<bool>,
 }
 
-impl Handler for Events<'_> {
+impl virtqueue::Handler for Events<'_> {
     fn used(&self, queue: usize) {
         if queue == STATS.index() {
             self.stats_requested.store(true, Relaxed);
@@ -239,7 +202,7 @@ impl Handler for Events<'_> {
 #[pin_data]
 struct Host<'a> {
     #[pin]
-    vqs: Virtqueues<'a, Events<'a>>,
+    vqs: virtio::Virtqueues<'a, Events<'a>>,
     /// The one frame-number buffer; `None` only if the device kept it (a broken device).
     #[pin]
     pfns: Mutex<Option<PfnBuffer>>,
@@ -253,24 +216,16 @@ impl Host<'_> {
         queue: QueueId<PfnBuffer>,
         pages: &mut dyn Iterator<Item = Pfn>,
     ) -> Result {
-        let mut buf = slot.take().ok_or(EIO)?;
+        // The buffer is filled in its slot, and leaves it only for the ring: every failure
+        // before that leaves it there for the next request.
+        let buf = (**slot).as_deref_mut().ok_or(EIO)?;
         let mut n = 0;
-        let mut fill = || -> Result {
-            for frame in pages.flat_map(Pfn::frames_4k).take(PFNS_PER_REQUEST) {
-                buf[n] = le::U32::new(u32::try_from(frame)?);
-                n += 1;
-            }
-            Ok(())
-        };
-        // Until the ring has it, the buffer goes back to its slot on every failure (a frozen
-        // device, say): the next request needs it.
-        let mut vq = match fill().and_then(|()| self.vqs.lock(queue)) {
-            Ok(vq) => vq,
-            Err(err) => {
-                **slot = Some(buf);
-                return Err(err);
-            }
-        };
+        for frame in pages.flat_map(Pfn::frames_4k).take(PFNS_PER_REQUEST) {
+            buf[n] = le::U32::new(u32::try_from(frame)?);
+            n += 1;
+        }
+        let mut vq = self.vqs.lock(queue)?;
+        let buf = slot.take().ok_or(EIO)?;
         if let Err((err, buf)) = vq.add_outbuf(buf, n * size_of::<le::U32>(), GFP_KERNEL) {
             **slot = Some(buf);
             return Err(err);
@@ -281,19 +236,22 @@ impl Host<'_> {
     }
 }
 
-impl MigrationHandler for Host<'_> {
-    fn migrate(&self, new: &NewPage<'_>, old: &OldPage<'_>, _mode: MigrateMode) -> Migration {
+impl balloon::MigrationHandler for Host<'_> {
+    fn migrate(
+        &self,
+        new: &balloon::NewPage<'_>,
+        old: &balloon::OldPage<'_>,
+        _mode: balloon::MigrateMode,
+    ) -> Migration {
         let Some(mut slot) = self.pfns.try_lock() else {
             return Migration::Busy;
         };
-        if self
-            .tell(&mut slot, INFLATE, &mut [new.pfn()].into_iter())
-            .is_err()
-        {
+        let (mut new, mut old) = ([new.pfn()].into_iter(), [old.pfn()].into_iter());
+        if self.tell(&mut slot, INFLATE, &mut new).is_err() {
             return Migration::Busy;
         }
         // The host has the new page: the old one leaves the balloon whatever happens now.
-        let _ = self.tell(&mut slot, DEFLATE, &mut [old.pfn()].into_iter());
+        let _ = self.tell(&mut slot, DEFLATE, &mut old);
         Migration::Migrated
     }
 }
@@ -311,7 +269,7 @@ struct Shared<'a> {
     #[pin]
     puff: RateLimit,
     #[pin]
-    balloon: Balloon<Host<'a>>,
+    balloon: balloon::Balloon<Host<'a>>,
 }
 
 impl Shared<'_> {
@@ -329,11 +287,8 @@ impl Shared<'_> {
     /// Inflates by up to `count` pages; returns how many joined the balloon. Pages are
     /// allocated before taking the lock, so that migration is not held up by reclaim.
     fn fill(&self, count: usize) -> Result<usize> {
-        stack_pin_init!(let list = PageList::new());
-        for _ in 0..count {
-            let Some(page) = BalloonPage::alloc() else {
-                break;
-            };
+        stack_pin_init!(let list = balloon::PageList::new());
+        for page in core::iter::from_fn(balloon::BalloonPage::alloc).take(count) {
             list.as_mut().push(page);
         }
         if list.is_empty() {
@@ -346,7 +301,7 @@ impl Shared<'_> {
 
     /// Deflates by up to `count` pages, telling the host first; returns how many left.
     fn leak(&self, count: usize) -> usize {
-        stack_pin_init!(let list = PageList::new());
+        stack_pin_init!(let list = balloon::PageList::new());
         let mut slot = self.host().pfns.lock();
         let n = self.balloon.dequeue_list(list.as_mut(), count);
         if n != 0 {
@@ -370,7 +325,7 @@ impl Shared<'_> {
         if target > size {
             // The guest keeps its reserve whatever the host asks: the C driver takes every page
             // that frees up until the OOM killer has nothing left to kill.
-            let room = available_pages().saturating_sub(self.reserve);
+            let room = balloon::available_pages().saturating_sub(self.reserve);
             let want = (target - size).min(PAGES_PER_REQUEST).min(room);
             if want == 0 {
                 if !self.held_back.xchg(true, Relaxed) {
@@ -403,11 +358,11 @@ impl Shared<'_> {
         target != self.balloon.pages()
     }
 
-    /// Fills the statistics buffer; returns how many entries it holds.
-    fn collect_stats(stats: &mut [Stat; STATS_NR]) -> usize {
+    /// Fills `buf` with fresh statistics and hands it to the host.
+    fn send_stats(vq: &mut QueueGuard<'_, StatsBuffer>, mut buf: StatsBuffer) -> Result {
         let bytes = |pages: u64| pages * PAGE_SIZE as u64;
-        let ev = VmEvents::snapshot();
-        let mem = MemInfo::now();
+        let ev = vmstat::VmEvents::snapshot();
+        let mem = vmstat::MemInfo::now();
         let values = [
             (0, bytes(ev.get(VmEvent::SwapIn))),
             (1, bytes(ev.get(VmEvent::SwapOut))),
@@ -425,16 +380,19 @@ impl Shared<'_> {
             (9, ev.get(VmEvent::HugetlbAllocFail)),
             (4, bytes(mem.free)),
             (5, bytes(mem.total)),
-            (6, bytes(available_pages() as u64)),
+            (6, bytes(balloon::available_pages() as u64)),
             (7, bytes(NodeStat::FilePages.get())),
         ];
-        for (stat, (tag, val)) in stats.iter_mut().zip(values) {
+        for (stat, (tag, val)) in buf.iter_mut().zip(values) {
             *stat = Stat {
                 tag: le::U16::new(tag),
                 val: le::U64::new(val),
             };
         }
-        values.len()
+        vq.add_outbuf(buf, values.len() * size_of::<Stat>(), GFP_KERNEL)
+            .map_err(|(e, _)| e)?;
+        vq.kick();
+        Ok(())
     }
 
     /// Hands the host fresh statistics: the buffer it returned goes back filled.
@@ -444,15 +402,6 @@ impl Shared<'_> {
             Some(used) => Self::send_stats(&mut vq, used.buf),
             None => Ok(()),
         }
-    }
-
-    /// Fills `buf` with fresh statistics and hands it to the host.
-    fn send_stats(vq: &mut QueueGuard<'_, StatsBuffer>, mut buf: StatsBuffer) -> Result {
-        let n = Self::collect_stats(&mut buf);
-        vq.add_outbuf(buf, n * size_of::<Stat>(), GFP_KERNEL)
-            .map_err(|(e, _)| e)?;
-        vq.kick();
-        Ok(())
     }
 }
 
@@ -479,7 +428,9 @@ impl Shared<'_> {
         }
         while hints.active.load(Relaxed) == hints.received(self.dev) {
             while vq.get_buf().is_some() {}
-            let Some(block) = Pages::alloc(hint_flags(), HINT_ORDER) else {
+            // Only blocks that are free: no reclaim, no retrying, no reserves, no warning.
+            let gfp = __GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC;
+            let Some(block) = Pages::alloc(gfp, HINT_ORDER) else {
                 // Every free block is hinted.
                 break;
             };
@@ -500,7 +451,7 @@ impl Shared<'_> {
 }
 
 /// The hinting work: a new command id starts a round; `CMD_ID_DONE` gives every block back.
-impl ScopedHandler for Shared<'_> {
+impl workqueue::ScopedHandler for Shared<'_> {
     fn run(&self) {
         let Some(hints) = &self.hints else {
             return;
@@ -515,7 +466,7 @@ impl ScopedHandler for Shared<'_> {
 }
 
 /// Hinted blocks are the guest's to take back whenever it needs memory; counted in pages.
-impl Shrinker for Shared<'_> {
+impl shrinker::Shrinker for Shared<'_> {
     fn count(&self) -> usize {
         self.hints
             .as_ref()
@@ -540,7 +491,7 @@ impl oom::Handler for Shared<'_> {
 }
 
 impl page_reporting::Reporter for Shared<'_> {
-    fn report(&self, pages: &FreePages<'_>) -> Result {
+    fn report(&self, pages: &page_reporting::FreePages<'_>) -> Result {
         // The queue is empty (one report at a time), so adding cannot need memory.
         self.host().vqs.lend_and_wait(REPORTING, pages, GFP_NOWAIT)
     }
@@ -552,7 +503,7 @@ impl page_reporting::Reporter for Shared<'_> {
 #[pin_data]
 struct Hints {
     #[pin]
-    blocks: SpinLock<PagesList>,
+    blocks: SpinLock<pages::PagesList>,
     /// How many blocks `blocks` holds, for the shrinker to read without the lock.
     held: Atomic<usize>,
     /// The configuration changed: the command id must be read again. The id is read only then,
@@ -567,7 +518,7 @@ struct Hints {
 impl Hints {
     fn new() -> impl PinInit<Self> {
         pin_init!(Self {
-            blocks <- new_spinlock!(PagesList::new(HINT_ORDER)),
+            blocks <- new_spinlock!(pages::PagesList::new(HINT_ORDER)),
             held: Atomic::new(0),
             read_cmd_id: Atomic::new(false),
             received: Atomic::new(CMD_ID_STOP),
@@ -593,16 +544,11 @@ impl Hints {
 
     /// Gives up to `count` blocks back to the guest; returns how many.
     fn give_back(&self, count: usize) -> usize {
-        let mut n = 0;
-        while n < count {
-            let Some(block) = self.blocks.lock().as_mut().pop() else {
-                break;
-            };
-            self.held.fetch_sub(1, Relaxed);
-            drop(block);
-            n += 1;
-        }
-        n
+        // Each block goes back to the allocator as it is dropped, outside the lock.
+        (0..count)
+            .map_while(|_| self.blocks.lock().as_mut().pop())
+            .inspect(|_| _ = self.held.fetch_sub(1, Relaxed))
+            .count()
     }
 }
 
@@ -615,23 +561,12 @@ impl<'a> Shared<'a> {
         let queues = [
             QueueInfo::new(INFLATE, c"inflate"),
             QueueInfo::new(DEFLATE, c"deflate"),
-            if dev.has_feature(F_STATS_VQ) {
-                QueueInfo::new(STATS, c"stats")
-            } else {
-                QueueInfo::unused()
-            },
-            if dev.has_feature(F_FREE_PAGE_HINT) {
-                QueueInfo::new(FREE_PAGE, c"free_page_vq")
-                    .without_callback()
-                    .with_hints()
-            } else {
-                QueueInfo::unused()
-            },
-            if dev.has_feature(F_REPORTING) {
-                QueueInfo::lending(REPORTING, c"reporting_vq")
-            } else {
-                QueueInfo::unused()
-            },
+            QueueInfo::new(STATS, c"stats").only_if(dev.has_feature(F_STATS_VQ)),
+            QueueInfo::new(FREE_PAGE, c"free_page_vq")
+                .without_callback()
+                .with_hints()
+                .only_if(dev.has_feature(F_FREE_PAGE_HINT)),
+            QueueInfo::lending(REPORTING, c"reporting_vq").only_if(dev.has_feature(F_REPORTING)),
         ];
         let bound = binding.device();
         let pfns = KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL)?;
@@ -640,16 +575,15 @@ impl<'a> Shared<'a> {
             stats_requested: Atomic::new(false),
         };
         let managed = if dev.has_feature(F_DEFLATE_ON_OOM) {
-            ManagedPages::Keep
+            balloon::ManagedPages::Keep
         } else {
-            ManagedPages::Adjust
+            balloon::ManagedPages::Adjust
         };
-        let vqs = Virtqueues::new(dev, binding, &queues, events);
-        let hints = if dev.has_feature(F_FREE_PAGE_HINT) {
-            Some(KBox::pin_init(Hints::new(), GFP_KERNEL)?)
-        } else {
-            None
-        };
+        let vqs = virtio::Virtqueues::new(dev, binding, &queues, events);
+        let hints = dev
+            .has_feature(F_FREE_PAGE_HINT)
+            .then(|| KBox::pin_init(Hints::new(), GFP_KERNEL))
+            .transpose()?;
         let this = Arc::pin_init(
             try_pin_init!(Shared {
                 dev: bound,
@@ -657,7 +591,7 @@ impl<'a> Shared<'a> {
                 held_back: Atomic::new(false),
                 hints,
                 puff <- RateLimit::new(c"virtio_balloon"),
-                balloon <- Balloon::new_for(
+                balloon <- balloon::Balloon::new_for(
                     binding,
                     managed,
                     try_pin_init!(Host {
@@ -693,25 +627,19 @@ impl<'a> Shared<'a> {
             Err(ENOENT) => return Ok(()),
             vq => vq?,
         };
-        let buf = KBox::new(
-            core::array::from_fn(|_| Stat {
-                tag: le::U16::ZERO,
-                val: le::U64::ZERO,
-            }),
-            GFP_KERNEL,
-        )?;
+        let zero = Stat {
+            tag: le::U16::ZERO,
+            val: le::U64::ZERO,
+        };
+        let buf = KBox::new([zero; STATS_NR], GFP_KERNEL)?;
         Self::send_stats(&mut vq, buf)
     }
 
-    /// Gives every hinted block back to the guest.
-    fn give_back_hints(&self) {
+    /// Gives every page and hinted block back, telling the host, and reports the empty balloon.
+    fn deflate_all(&self) {
         if let Some(hints) = &self.hints {
             hints.give_back(usize::MAX);
         }
-    }
-
-    /// Gives every page back, telling the host, and reports the empty balloon.
-    fn deflate_all(&self) {
         while self.balloon.pages() != 0 {
             if self.leak(PAGES_PER_REQUEST) == 0 {
                 // Every page left is isolated for migration; they come back shortly.
@@ -739,20 +667,12 @@ impl<'a> Optional<'a> {
             })?,
             _reporting: boxed_if(dev.has_feature(F_REPORTING), || {
                 let capacity = core.host().vqs.ring_size(REPORTING)?;
-                let order = REPORTING_ORDER;
-                Ok(page_reporting::Registration::new(
-                    binding,
-                    core.clone(),
-                    capacity,
-                    order,
-                ))
+                let register = page_reporting::Registration::new;
+                Ok(register(binding, core.clone(), capacity, REPORTING_ORDER))
             })?,
             _shrinker: boxed_if(core.hints.is_some(), || {
-                Ok(shrinker::Registration::new_for(
-                    binding,
-                    c"virtio-balloon",
-                    core.clone(),
-                ))
+                let name = c"virtio-balloon";
+                Ok(shrinker::Registration::new_for(binding, name, core.clone()))
             })?,
         })
     }
@@ -777,24 +697,18 @@ fn new_hinting<'a>(
     binding: Binding<'a, virtio::Device<Bound>>,
     core: &Arc<Shared<'a>>,
 ) -> Result<Option<Pin<KBox<Hinting<'a>>>>> {
-    if core.hints.is_none() {
-        return Ok(None);
-    }
-    let flags = QueueFlags::PERCPU | QueueFlags::FREEZABLE | QueueFlags::CPU_INTENSIVE;
-    let wq = WorkQueue::Owned(OwnedQueue::new(c"balloon-wq", flags, 0)?);
-    Ok(Some(KBox::pin_init(
-        new_scoped_work!(for binding, core.clone(), wq, "virtio_balloon_hint"),
-        GFP_KERNEL,
-    )?))
+    boxed_if(core.hints.is_some(), || {
+        let flags = QueueFlags::PERCPU | QueueFlags::FREEZABLE | QueueFlags::CPU_INTENSIVE;
+        let wq = workqueue::WorkQueue::Owned(workqueue::OwnedQueue::new(c"balloon-wq", flags, 0)?);
+        Ok(workqueue::new_scoped_work!(for binding, core.clone(), wq, "virtio_balloon_hint"))
+    })
 }
 
 /// The configuration changed, so may have the command id: run the hinting work, unless it is
 /// about to read the id anyway. Runs in atomic context.
 fn hint_changed(hinting: &Hinting<'_>, core: &Shared<'_>) {
-    if let Some(hints) = &core.hints {
-        if !hints.read_cmd_id.xchg(true, Full) {
-            hinting.queue();
-        }
+    if (core.hints.as_ref()).is_some_and(|hints| !hints.read_cmd_id.xchg(true, Full)) {
+        hinting.queue();
     }
 }
 
@@ -847,7 +761,7 @@ impl virtio::Driver for VirtioBalloonDriver {
         F_REPORTING,
     ];
 
-    fn validate(_dev: &virtio::Device, features: &mut FeatureSet<'_>) -> Result {
+    fn validate(_dev: &virtio::Device, features: &mut virtio::FeatureSet<'_>) -> Result {
         // PFNs, statistics and command ids are written little-endian, which a legacy device
         // reads in the guest's order (C's `cpu_to_virtio32()`): refuse where they differ.
         if cfg!(target_endian = "big") && !features.has(Feature::VERSION_1) {
@@ -899,7 +813,6 @@ impl virtio::Driver for VirtioBalloonDriver {
         }
         // Every page goes back, and the host hears of it, before the device is reset.
         this.core.deflate_all();
-        this.core.give_back_hints();
     }
 
     fn shutdown<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
@@ -919,7 +832,6 @@ impl virtio::Driver for VirtioBalloonDriver {
         // Pages left in the balloon would be lost to a guest that resumes on another host, or
         // after a hibernation image is restored: give them all back first, as the C driver.
         this.core.deflate_all();
-        this.core.give_back_hints();
         this.core.host().vqs.freeze(dev)
     }
 

@@ -282,6 +282,15 @@ impl QueueInfo {
         }
     }
 
+    /// The same queue if `wanted` (its feature was negotiated, say), else [`QueueInfo::unused`].
+    pub const fn only_if(self, wanted: bool) -> Self {
+        if wanted {
+            self
+        } else {
+            Self::unused()
+        }
+    }
+
     /// The same queue without notifications: the driver only polls it.
     pub const fn without_callback(self) -> Self {
         Self {
