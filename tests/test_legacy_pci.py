@@ -1,0 +1,18 @@
+# SPDX-License-Identifier: GPL-2.0
+"""A legacy virtio-balloon-pci device (virtio 0.9.5: no VERSION_1, the
+legacy configuration layout, 32 feature bits): targets, unload and
+statistics for every driver in conftest.DRIVERS, and the same negotiated
+features for both."""
+
+from pci_transport import (  # noqa: F401
+    check_features_match,
+    test_guest_stats,
+    test_inflate_deflate_targets,
+    test_unload_returns_every_page,
+)
+
+BALLOON_OPTS = "disable-modern=on,disable-legacy=off"
+
+
+def test_features_match_c(guest):
+    check_features_match(guest, modern=False)
