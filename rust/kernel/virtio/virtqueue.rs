@@ -390,9 +390,13 @@ impl Slot {
 
     /// Wakes the queue's waiters, after whatever they wait for happened.
     fn wake(&self) {
-        // A waiter holds `notify` from its last look at the ring until it sleeps.
-        drop(self.notify.lock());
-        self.used.notify_all();
+        // A waiter holds `notify` from its last look at the ring until it is queued on `used`:
+        // under it, nobody queued means nobody to wake (a device usually answers within the
+        // notification, before its waiter looks).
+        let _notify = self.notify.lock();
+        if self.used.has_waiters() {
+            self.used.notify_all();
+        }
     }
 }
 
