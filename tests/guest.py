@@ -382,6 +382,14 @@ class Guest:
     def ram_bytes(self):
         return self.qmp("query-memory-size-summary")["base-memory"]
 
+    def balloon_features(self):
+        """The bound balloon's feature bits as the virtio core shows them
+        (/sys/bus/virtio/devices/*/features), bit 0 first."""
+        out = self.run("for d in /sys/bus/virtio/devices/*; do "
+                       "[ $(cat $d/device) = 0x0005 ] && cat $d/features; done").out.split()
+        assert len(out) == 1, out
+        return out[0]
+
     def actual(self):
         return self.qmp("query-balloon")["actual"]
 

@@ -22,13 +22,6 @@ SINK = "exec:cat > /dev/null"
 SHRINKER = "/sys/kernel/debug/shrinker/virtio-balloon-*"
 
 
-def negotiated(guest, bit):
-    out = guest.run("for d in /sys/bus/virtio/devices/*; do "
-                    "[ $(cat $d/device) = 0x0005 ] && cat $d/features; done").out.split()
-    assert len(out) == 1, out
-    return out[0][bit] == "1"
-
-
 def held(guest):
     """Pages the driver holds as hints, from its shrinker's count (which
     prints nothing when there are none)."""
@@ -74,7 +67,7 @@ def wait_none_held(guest, timeout=120):
 
 
 def test_hints_are_held_until_the_host_is_done(driver, guest):
-    assert negotiated(guest, 3), "VIRTIO_BALLOON_F_FREE_PAGE_HINT not negotiated"
+    assert guest.balloon_features()[3] == "1", "VIRTIO_BALLOON_F_FREE_PAGE_HINT not negotiated"
     assert held(guest) == 0
     free0 = guest.meminfo()["MemFree"]
     # A slow migration: the first pass outlasts the checks.

@@ -19,15 +19,8 @@ def qemu_rss(guest):
     raise AssertionError("no VmRSS for QEMU")
 
 
-def negotiated(guest, bit):
-    out = guest.run("for d in /sys/bus/virtio/devices/*; do "
-                    "[ $(cat $d/device) = 0x0005 ] && cat $d/features; done").out.split()
-    assert len(out) == 1, out
-    return out[0][bit] == "1"
-
-
 def test_freed_memory_goes_back_to_the_host(driver, guest):
-    assert negotiated(guest, 5), "VIRTIO_BALLOON_F_REPORTING not negotiated"
+    assert guest.balloon_features()[5] == "1", "VIRTIO_BALLOON_F_REPORTING not negotiated"
     # Touch 1 GiB (dd's buffer) and free it when dd exits.
     guest.sh(f"dd if=/dev/zero of=/dev/null bs={HOG // MiB}M count=1 2>/dev/null",
              timeout=300)

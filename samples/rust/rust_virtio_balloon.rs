@@ -246,12 +246,12 @@ impl balloon::MigrationHandler for Host<'_> {
         let Some(mut slot) = self.pfns.try_lock() else {
             return Migration::Busy;
         };
-        let (mut new, mut old) = ([new.pfn()].into_iter(), [old.pfn()].into_iter());
-        if self.tell(&mut slot, INFLATE, &mut new).is_err() {
+        let (mut new_pfn, mut old_pfn) = ([new.pfn()].into_iter(), [old.pfn()].into_iter());
+        if self.tell(&mut slot, INFLATE, &mut new_pfn).is_err() {
             return Migration::Busy;
         }
         // The host has the new page: the old one leaves the balloon whatever happens now.
-        let _ = self.tell(&mut slot, DEFLATE, &mut old);
+        let _ = self.tell(&mut slot, DEFLATE, &mut old_pfn);
         Migration::Migrated
     }
 }

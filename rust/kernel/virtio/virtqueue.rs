@@ -283,6 +283,7 @@ impl QueueInfo {
     }
 
     /// The same queue if `wanted` (its feature was negotiated, say), else [`QueueInfo::unused`].
+    /// Last in a chain: what follows it applies to the unused queue too.
     pub const fn only_if(self, wanted: bool) -> Self {
         if wanted {
             self
@@ -340,6 +341,8 @@ struct Slot {
     /// Orders a callback's wake-up after a waiter's last look at the ring.
     #[pin]
     notify: SpinLockIrq<()>,
+    /// Waited on only with `notify` held, and notified only by [`Slot::wake`]: so, under
+    /// `notify`, [`CondVar::has_waiters`] is exact.
     #[pin]
     used: CondVar,
     /// Whether the driver is being unbound: waits are bounded from then on.
@@ -392,9 +395,14 @@ impl Slot {
     fn wake(&self) {
         // A waiter holds `notify` from its last look at the ring until it is queued on `used`:
         // under it, nobody queued means nobody to wake (a device usually answers within the
-        // notification, before its waiter looks).
-        let _notify = self.notify.lock();
-        if self.used.has_waiters() {
+        // notification, before its waiter looks). The wake-up itself comes after `notify` is
+        // dropped, so that the woken waiter does not spin on it; a waiter queued in between
+        // looked at the ring after this buffer was used.
+        let waiters = {
+            let _notify = self.notify.lock();
+            self.used.has_waiters()
+        };
+        if waiters {
             self.used.notify_all();
         }
     }
