@@ -94,8 +94,11 @@ def test_unload_returns_every_page(driver, guest):
     driver.unload()
     assert balloon_counters(guest)["nr_balloon_pages"] == 0
     assert guest.meminfo()["MemTotal"] == mem0
-    # Free pages back within 16 MiB (slab and page cache move a little).
-    assert abs(guest.free_pages() - free0) * PAGE < 16 * MiB
+    # Free pages back within 16 MiB (slab and page cache move a little). More
+    # may be free than before: the inflated balloon's pressure can shrink
+    # caches (once 32 MiB more, on the C driver's run), which loses nothing.
+    lost = free0 - guest.free_pages()
+    assert lost * PAGE < 16 * MiB, f"{lost} pages not back after unload"
     assert guest.actual() == ram
     guest.balloon(ram)
 

@@ -208,7 +208,7 @@ pub enum ManagedPages {
 ///   migration. It is raised before pages join the balloon and lowered after they left it, so
 ///   it never falls below the true count; the one exception is a page dropped by a `-ENOENT`
 ///   migration, counted out just before the core drops it, while it is still isolated.
-/// - `fence`, if any, empties the balloon at unbind unless `drop` disarmed it first.
+/// - `fence`, if any, empties the balloon when it is dropped, or at unbind if that comes first.
 #[pin_data(PinnedDrop)]
 pub struct Balloon<H: MigrationHandler> {
     #[pin]
@@ -285,7 +285,7 @@ impl<H: MigrationHandler> Balloon<H> {
                 // SAFETY: `this` points at the balloon being initialised; taking the address of
                 // one of its fields reads nothing.
                 let data = unsafe { &raw mut (*this.as_ptr()).core }.cast();
-                // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live balloon; its
+                // SAFETY: Until the fence is dropped, in `drop`, `this` is a live balloon; its
                 // action empties it, after which no page leads compaction to `handler`. The
                 // balloon is empty now: nothing to undo.
                 unsafe { UnbindFence::arm_opt(binding, Core::unbind_action, data, || ()) }?
@@ -493,13 +493,11 @@ impl Core {
 #[pinned_drop]
 impl<H: MigrationHandler> PinnedDrop for Balloon<H> {
     fn drop(mut self: Pin<&mut Self>) {
-        // The fence acted only if `self` was leaked, which being dropped says it was not.
         // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
         // reached through it, which no callback touches.
         let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
-        if UnbindFence::disarm_opt(fence) {
-            self.core.empty();
-        }
+        // The fence's action empties the balloon, as this does without one.
+        UnbindFence::end(fence, || self.core.empty());
     }
 }
 

@@ -6,9 +6,9 @@
 //! notifier, a shrinker, a work item) ends in its drop. Safe code may leak it instead
 //! (`mem::forget`, a reference cycle); the C side would then call into data whose borrow has
 //! ended. The memory of a leaked value is never freed, so the registration itself stays valid:
-//! what must not outlive the binding is its use. An [`UnbindFence`] arms a devres action that
-//! ends the registration when the device is unbound, unless the registration was dropped, and
-//! disarmed it, first.
+//! what must not outlive the binding is its use. An [`UnbindFence`] is a [`Devres`] whose data
+//! is the registration's ending: whichever revokes it first, the owner dropping the fence or the
+//! device's unbinding, ends the registration, and the other waits until that is done.
 //!
 //! That is in time only for borrows that last until the device is unbound. A [`Binding<'a>`]
 //! says `'a` does: a bus abstraction hands one to its driver's probe, and a registration that
@@ -16,23 +16,20 @@
 //!
 //! # Races with unbind
 //!
-//! `devres_release_all()` first takes every action off the device's list, then runs them one by
-//! one. Two things may happen meanwhile, on another thread or in an earlier action:
+//! `devres_release_all()` first takes every node off the device's list, then releases them one
+//! by one. Two things may happen meanwhile, on another thread or in an earlier release:
 //!
-//! - A registration is dropped: its fence is no longer on the list (`-ENOENT`), but its action
-//!   may not have run yet. The fence and its action share a [`Node`] that each tries to claim:
-//!   if the owner claims it first, it ends the registration itself and the action, when it
-//!   runs, only frees the node; if the action did, the owner waits until the action finished.
-//!   The owner never waits for an action that has not started, so a registration dropped by an
-//!   earlier devres action of the same device does not deadlock.
-//! - A registration is made: its action would be added to a list nobody releases any more. A
-//!   bus closes the binding's [`Gate`] when unbinding starts, before `devres_release_all()`, and
-//!   a closed gate arms no fence: making the registration fails with `ENODEV`.
+//! - A registration is dropped: [`Devres`] settles this. Its data is revoked once, by the owner
+//!   or by the release, and the one that loses waits on the [`Devres`]' completion. The owner
+//!   never waits for a release that has not started (it revokes first), so a registration
+//!   dropped by an earlier devres action of the same device does not deadlock.
+//! - A registration is made: its node would be added to a list nobody releases any more, and
+//!   its borrows would outlive the binding. [`Devres`] cannot refuse this, as it cannot tell
+//!   that unbinding has started. A bus closes the binding's [`Gate`] when unbinding starts,
+//!   before `devres_release_all()`, and a closed gate arms no fence: making the registration
+//!   fails with `ENODEV`.
 
-use core::{
-    marker::PhantomData,
-    ptr::NonNull, //
-};
+use core::marker::PhantomData;
 
 use crate::{
     bindings,
@@ -40,133 +37,53 @@ use crate::{
         Bound,
         Device, //
     },
+    devres::Devres,
     error::to_result,
     new_mutex,
     prelude::*,
-    sync::{
-        aref::ARef,
-        atomic::{
-            Atomic,
-            Full, //
-        },
-        Completion,
-        Mutex, //
-    }, //
+    sync::Mutex, //
 };
 
-/// The fence is armed: neither its action nor its owner has claimed the registration.
-const ARMED: i32 = 0;
-/// The action claimed the registration: it ends it, then completes `done`.
-const ACTING: i32 = 1;
-/// The owner claimed the registration: it ends it, and the action frees the node.
-const OWNED: i32 = 2;
-
-/// What a fence shares with its devres action.
+/// How a registration ends, run once when its fence is revoked.
 ///
 /// # Invariants
 ///
-/// - `state` goes from [`ARMED`] to [`ACTING`] or [`OWNED`], once.
-/// - If `state` is [`ACTING`], `done` is completed only after `action(data)` returned.
-/// - While `state` is [`OWNED`], the node belongs to the devres action, which frees it; otherwise
-///   to the [`UnbindFence`].
-#[pin_data]
-struct Node {
-    state: Atomic<i32>,
-    #[pin]
-    done: Completion,
+/// Calling `action(data)` once, until the [`UnbindFence`] holding this has been dropped, is sound
+/// and ends every use the registration makes of borrowed data.
+#[pin_data(PinnedDrop)]
+struct Ending {
     action: unsafe extern "C" fn(*mut c_void),
     data: *mut c_void,
 }
 
-impl Node {
-    /// The devres action of every fence.
-    ///
-    /// # Safety
-    ///
-    /// `node` comes from [`UnbindFence::arm`], whose caller vouches for its action; the devres
-    /// core calls this once.
-    unsafe extern "C" fn run(node: *mut c_void) {
-        let node = node.cast::<Self>();
-        // SAFETY: `node` is a live node (safety requirements): the owner frees it only after
-        // `done`, or leaves it to us.
-        let this = unsafe { &*node };
-        if this.state.cmpxchg(ARMED, ACTING, Full).is_ok() {
-            // SAFETY: The owner has not claimed the registration, and waits for `done` before it
-            // drops it; the caller of `arm` vouches for `action(data)`.
-            unsafe { (this.action)(this.data) };
-            this.done.complete_all();
-        } else {
-            // The owner ended the registration and is gone: `data` may be freed.
-            // SAFETY: By the type invariant, an `OWNED` node is ours, from `KBox::into_raw`.
-            drop(unsafe { KBox::from_raw(node) });
-        }
+// SAFETY: `Binding::fence`'s caller vouches that the action may run from the unbinding of the
+// device, on whichever thread unbinds it.
+unsafe impl Send for Ending {}
+
+// SAFETY: `&Ending` gives access to nothing.
+unsafe impl Sync for Ending {}
+
+#[pinned_drop]
+impl PinnedDrop for Ending {
+    fn drop(self: Pin<&mut Self>) {
+        // SAFETY: `Devres` drops its data once, when it is revoked: from `UnbindFence`'s drop,
+        // or from the unbinding while that drop waits for it. Either is before the fence has been
+        // dropped (type invariant).
+        unsafe { (self.action)(self.data) }
     }
 }
 
-/// Ends a registration at unbind unless disarmed first.
+/// Ends a registration once: when dropped, or at unbind if that comes first.
 ///
-/// Dropped without [`UnbindFence::disarm`], the fence stays armed: its action runs at unbind.
-///
-/// # Invariants
-///
-/// `node` is a live [`Node`] (from `KBox::into_raw`) whose [`Node::run`] is registered as a
-/// devres action of `dev`, or was taken off the list by `devres_release_all()`; its state is not
-/// [`OWNED`].
-#[must_use = "a fence that is not disarmed acts at unbind"]
+/// Leaked, the fence ends its registration when the device is unbound. Dropped, it ends it at
+/// once, or, if the device is being unbound, waits until the unbinding did.
+#[must_use = "dropping the fence ends its registration"]
 pub struct UnbindFence {
-    dev: ARef<Device>,
-    node: NonNull<Node>,
+    /// Never read: dropping it is what the fence does.
+    _ending: Devres<Ending>,
 }
-
-// SAFETY: The fence only passes its node to the devres core and to `Node::run`, which may run on
-// any thread; the node's state is atomic.
-unsafe impl Send for UnbindFence {}
-
-// SAFETY: `&UnbindFence` gives no access to anything.
-unsafe impl Sync for UnbindFence {}
 
 impl UnbindFence {
-    /// The node of a fence for `action(data)`, allocated before [`Binding::fence`] takes its
-    /// gate's lock.
-    fn node(action: unsafe extern "C" fn(*mut c_void), data: *mut c_void) -> Result<*mut Node> {
-        let node = KBox::pin_init(
-            pin_init!(Node {
-                state: Atomic::new(ARMED),
-                done <- Completion::new(),
-                action,
-                data,
-            }),
-            GFP_KERNEL,
-        )?;
-        // SAFETY: The node is never moved: it is freed through the same pointer.
-        Ok(KBox::into_raw(unsafe { Pin::into_inner_unchecked(node) }))
-    }
-
-    /// Arms `node` to run when `dev` is unbound. Only [`Binding::fence`] calls this, with its
-    /// gate open.
-    ///
-    /// # Safety
-    ///
-    /// `node` comes from [`UnbindFence::node`] and is not used by the caller after this. Until
-    /// [`UnbindFence::disarm`] returns, calling its `action(data)` once, from the unbinding of
-    /// `dev`, is sound, and ends every use the registration makes of borrowed data.
-    unsafe fn arm(dev: &Device<Bound>, node: *mut Node) -> Result<Self> {
-        // SAFETY: `dev` is a bound device; `Node::run` is sound for `node` (the caller vouches for
-        // `action(data)`).
-        let ret = unsafe { bindings::devm_add_action(dev.as_raw(), Some(Node::run), node.cast()) };
-        if let Err(e) = to_result(ret) {
-            // SAFETY: `node` is from `KBox::into_raw`, and no action was registered.
-            drop(unsafe { KBox::from_raw(node) });
-            return Err(e);
-        }
-        // INVARIANT: The action is registered, and nothing claimed the node.
-        Ok(Self {
-            dev: dev.into(),
-            // SAFETY: `KBox::into_raw` never returns null.
-            node: unsafe { NonNull::new_unchecked(node) },
-        })
-    }
-
     /// Arms `action(data)` on the device of `binding`, if there is a binding; if that fails,
     /// runs `undo`, which ends the registration.
     ///
@@ -202,40 +119,13 @@ impl UnbindFence {
         unsafe { (*fence).take() }
     }
 
-    /// Disarms `fence` if there is one: `true` if the registration is to be ended by its owner,
-    /// that is without a fence, or if [`UnbindFence::disarm`] says so.
-    pub fn disarm_opt(fence: Option<Self>) -> bool {
+    /// Ends a registration being dropped, once: through its fence if it has one (whose action
+    /// runs now, or ran at unbind, which is waited for), otherwise through `end`.
+    pub fn end(fence: Option<Self>, end: impl FnOnce()) {
         match fence {
-            Some(fence) => fence.disarm(),
-            None => true,
+            Some(fence) => drop(fence),
+            None => end(),
         }
-    }
-
-    /// Disarms the fence: `true` if its action did not run and now will not, so that the owner
-    /// ends the registration; `false` if the device was unbound and the action ended it. Waits
-    /// for an action that is running.
-    pub fn disarm(self) -> bool {
-        let node = self.node.as_ptr();
-        // SAFETY: `dev` is a valid device; an action taken off its list is not found.
-        let removed = unsafe {
-            bindings::devm_remove_action_nowarn(self.dev.as_raw(), Some(Node::run), node.cast())
-        } == 0;
-        if removed {
-            // SAFETY: The action will not run: the node is ours (type invariant).
-            drop(unsafe { KBox::from_raw(node) });
-            return true;
-        }
-        // The device is being unbound, or was: the action is pending or ran.
-        // SAFETY: The node is live (type invariant).
-        let this = unsafe { &*node };
-        if this.state.cmpxchg(ARMED, OWNED, Full).is_ok() {
-            // INVARIANT: The node belongs to the pending action from now on.
-            return true;
-        }
-        this.done.wait_for_completion();
-        // SAFETY: The action finished with the node, which is ours (type invariant).
-        drop(unsafe { KBox::from_raw(node) });
-        false
     }
 }
 
@@ -344,33 +234,35 @@ impl<'a, D: AsRef<Device<Bound>>> Binding<'a, D> {
         }
     }
 
-    /// Arms `action(data)` to run when the device is unbound; fails with `ENODEV` once unbinding
-    /// has started (from the bus's remove on), in which case the caller undoes its registration.
-    /// Sleeps; not from memory reclaim (a shrinker's callback, say), as arming allocates under the
-    /// gate's lock.
+    /// Arms `action(data)` to run when the device is unbound, unless the fence is dropped first
+    /// (which runs it then); fails with `ENODEV` once unbinding has started (from the bus's
+    /// remove on), in which case the caller undoes its registration. Sleeps; not from memory
+    /// reclaim (a shrinker's callback, say), as arming allocates under the gate's lock.
     ///
     /// # Safety
     ///
-    /// Until [`UnbindFence::disarm`] returns, calling `action(data)` once, from the unbinding of
-    /// the device, is sound, and ends every use the registration makes of borrowed data.
-    /// `action` does not drop the registration (its drop would wait for the action).
+    /// Until the fence has been dropped, calling `action(data)` once, from the unbinding of the
+    /// device or from the fence's drop, is sound, and ends every use the registration makes of
+    /// borrowed data. `action` does not drop the fence (the drop would wait for the action).
     pub unsafe fn fence(
         &self,
         action: unsafe extern "C" fn(*mut c_void),
         data: *mut c_void,
     ) -> Result<UnbindFence> {
-        let node = UnbindFence::node(action, data)?;
         // Held while arming: `close()` returns only once no fence is being armed, so every fence
         // is on the device's list before `devres_release_all()` takes it.
         let open = self.gate.open.lock();
         if !*open {
-            drop(open);
-            // SAFETY: `node` is from `KBox::into_raw`, and was never registered.
-            drop(unsafe { KBox::from_raw(node) });
             return Err(ENODEV);
         }
-        // SAFETY: `node` is new and handed over; the caller vouches for `action(data)`.
-        unsafe { UnbindFence::arm(self.dev.as_ref(), node) }
+        // An initialiser, not an `Ending`: should allocating fail, no `Ending` is dropped, so the
+        // action does not run (the caller undoes the registration itself). Once initialised,
+        // nothing in `Devres::new` can fail.
+        // INVARIANT: The caller vouches for `action(data)` until the fence has been dropped.
+        let ending = pin_init!(Ending { action, data });
+        Ok(UnbindFence {
+            _ending: Devres::new(self.dev.as_ref(), ending)?,
+        })
     }
 }
 
@@ -420,7 +312,7 @@ mod tests {
         let binding = unsafe { Binding::new(dev, gate) };
         let queue = || WorkQueue::System(workqueue::system());
 
-        // Dropped before unbind: the fence is disarmed, and unbind finds nothing to do.
+        // Dropped before unbind: the fence ends the work item then, and unbind finds nothing.
         let dropped = KBox::pin_init(new_scoped_work!(for binding, Nop, queue()), GFP_KERNEL)?;
         drop(dropped);
 
@@ -436,26 +328,20 @@ mod tests {
     }
 
     static DROP_ACTED: Atomic<i32> = Atomic::new(0);
-    static DROP_OUTCOME: Atomic<i32> = Atomic::new(0);
+    static DROP_SEEN: Atomic<i32> = Atomic::new(-1);
+    static DROP_BY_OWNER: Atomic<i32> = Atomic::new(0);
 
     extern "C" fn drop_action(_: *mut c_void) {
         DROP_ACTED.fetch_add(1, Relaxed);
     }
 
-    /// Owns a fence, and records what disarming it said: 1 "the owner ends the registration", 2
-    /// "the action ended it" (and it had), 3 "the action ended it" (but it had not yet).
+    /// Owns a fence, and records how often its action had run when ending it returned.
     struct Owner(Option<UnbindFence>);
 
     impl Drop for Owner {
         fn drop(&mut self) {
-            let outcome = if UnbindFence::disarm_opt(self.0.take()) {
-                1
-            } else if DROP_ACTED.load(Relaxed) == 1 {
-                2
-            } else {
-                3
-            };
-            DROP_OUTCOME.store(outcome, Relaxed);
+            UnbindFence::end(self.0.take(), || DROP_BY_OWNER.store(1, Relaxed));
+            DROP_SEEN.store(DROP_ACTED.load(Relaxed), Relaxed);
         }
     }
 
@@ -471,13 +357,38 @@ mod tests {
         // SAFETY: `drop_action` uses nothing.
         let fence = unsafe { binding.fence(drop_action, null_mut()) }?;
         // Registered after the fence, so released before it: the owner is dropped while
-        // `devres_release_all()` holds the fence's action on its private list, not yet run.
+        // `devres_release_all()` holds the fence's node on its private list, not yet released.
         devres::register(dev, Owner(Some(fence)), GFP_KERNEL)?;
         drop(reg);
-        // The owner claimed the registration (it would have skipped ending it, the action
-        // pending, before the fence had a claim); the action, run after, did nothing.
-        assert_eq!(DROP_OUTCOME.load(Relaxed), 1);
-        assert_eq!(DROP_ACTED.load(Relaxed), 0);
+        // The registration had ended when the owner's drop returned, through the fence, and the
+        // release that came after did not end it again.
+        assert_eq!(DROP_SEEN.load(Relaxed), 1);
+        assert_eq!(DROP_ACTED.load(Relaxed), 1);
+        assert_eq!(DROP_BY_OWNER.load(Relaxed), 0);
+        Ok(())
+    }
+
+    static EARLY_ACTED: Atomic<i32> = Atomic::new(0);
+
+    extern "C" fn early_action(_: *mut c_void) {
+        EARLY_ACTED.fetch_add(1, Relaxed);
+    }
+
+    #[test]
+    fn a_fence_dropped_before_unbind_acts_at_its_drop_only() -> Result {
+        let reg = faux::Registration::new(c"rust-unbind-fence-early", None)?;
+        let dev: &Device<Bound> = reg.as_ref().as_ref();
+        // SAFETY: As in the first test.
+        let gate = unsafe { Gate::new(dev) }?;
+        // SAFETY: As in the second test.
+        let binding = unsafe { Binding::new(dev, gate) };
+        // SAFETY: `early_action` uses nothing.
+        let fence = unsafe { binding.fence(early_action, null_mut()) }?;
+        assert_eq!(EARLY_ACTED.load(Relaxed), 0);
+        drop(fence);
+        assert_eq!(EARLY_ACTED.load(Relaxed), 1);
+        drop(reg);
+        assert_eq!(EARLY_ACTED.load(Relaxed), 1);
         Ok(())
     }
 
@@ -504,9 +415,10 @@ mod tests {
         let refused = unsafe { binding.fence(gate_action, null_mut()) };
         assert_eq!(refused.err(), Some(ENODEV));
         drop(reg);
-        // The fence armed before ran once; disarming it afterwards says so.
+        // The fence armed before ran once, and dropping it afterwards does not run it again.
         assert_eq!(GATE_ACTED.load(Relaxed), 1);
-        assert!(!armed.disarm());
+        drop(armed);
+        assert_eq!(GATE_ACTED.load(Relaxed), 1);
         Ok(())
     }
 }

@@ -63,7 +63,7 @@ impl<T: Handler + ?Sized> Handler for Pin<KBox<T>> {
 /// # Invariants
 ///
 /// `nb` is registered with `register_oom_notifier()` and its callback is [`Self::notify`], for
-/// as long as `self` exists, or until `fence`'s action ran.
+/// as long as `self` exists, or until `fence` is dropped or revoked at unbind.
 ///
 /// # Examples
 ///
@@ -139,7 +139,7 @@ impl<H: Handler> Registration<H> {
                     let _ = unsafe { bindings::unregister_oom_notifier(nb.get()) };
                 };
                 let data = this.as_ptr().cast();
-                // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live registration,
+                // SAFETY: Until the fence is dropped, in `drop`, `this` is a live registration,
                 // and unregistering it once ends every call to `handler`.
                 unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, undo) }?
             },
@@ -184,11 +184,12 @@ impl<H: Handler> PinnedDrop for Registration<H> {
         // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
         // reached through it, which no callback touches.
         let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
-        if UnbindFence::disarm_opt(fence) {
-            // SAFETY: By the type invariant `nb` is registered: the fence, if any, did not act.
-            // Unregistering waits for running callbacks (the chain's rw semaphore), so none uses
-            // `handler` afterwards.
+        // The fence's action, or without one: unregistering waits for running callbacks (the
+        // chain's rw semaphore), so none uses `handler` afterwards.
+        UnbindFence::end(fence, || {
+            // SAFETY: Without a fence, `nb` is registered for as long as `self` exists (type
+            // invariant).
             unsafe { bindings::unregister_oom_notifier(self.nb.get()) };
-        }
+        });
     }
 }

@@ -91,7 +91,7 @@ impl FreePages<'_> {
 /// # Invariants
 ///
 /// `info` is registered with `page_reporting_register()`, with [`Self::report_callback`], for
-/// as long as `self` exists, or until `fence`'s action ran.
+/// as long as `self` exists, or until `fence` is dropped or revoked at unbind.
 #[pin_data(PinnedDrop)]
 pub struct Registration<R: Reporter> {
     #[pin]
@@ -142,7 +142,7 @@ impl<R: Reporter> Registration<R> {
                 // SAFETY: `info` was registered just before.
                 let undo = || unsafe { bindings::page_reporting_unregister(info.get()) };
                 let (binding, data) = (Some(binding.generic()), this.as_ptr().cast());
-                // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live registration,
+                // SAFETY: Until the fence is dropped, in `drop`, `this` is a live registration,
                 // and unregistering it once ends every call to `reporter`.
                 unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, undo) }?
             },
@@ -190,11 +190,12 @@ impl<R: Reporter> PinnedDrop for Registration<R> {
         // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
         // reached through it, which no callback touches.
         let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
-        if UnbindFence::disarm_opt(fence) {
-            // SAFETY: By the type invariant `info` is registered: the fence did not act.
-            // Unregistering cancels the reporting work and waits for it, so no callback uses
-            // `reporter` afterwards.
+        // The fence's action, or without one: unregistering cancels the reporting work and waits
+        // for it, so no callback uses `reporter` afterwards.
+        UnbindFence::end(fence, || {
+            // SAFETY: Without a fence, `info` is registered for as long as `self` exists (type
+            // invariant).
             unsafe { bindings::page_reporting_unregister(self.info.get()) };
-        }
+        });
     }
 }

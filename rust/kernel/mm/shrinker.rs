@@ -150,7 +150,7 @@ impl<S: Shrinker> Registration<S> {
                 // SAFETY: `shrinker` was registered just before.
                 let undo = || unsafe { bindings::shrinker_free(shrinker.as_ptr()) };
                 let data = this.as_ptr().cast();
-                // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live registration,
+                // SAFETY: Until the fence is dropped, in `drop`, `this` is a live registration,
                 // and freeing its shrinker once ends every call to `inner`.
                 unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, undo) }?
             },
@@ -235,10 +235,12 @@ impl<S: Shrinker> PinnedDrop for Registration<S> {
         // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
         // reached through it, which no callback touches.
         let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
-        if UnbindFence::disarm_opt(fence) {
-            // SAFETY: `shrinker` is registered (type invariant): the fence did not act. Freeing
-            // it unregisters it and waits for running callbacks, so none uses `inner` afterwards.
+        // The fence's action, or without one: freeing the shrinker unregisters it and waits for
+        // running callbacks, so none uses `inner` afterwards.
+        UnbindFence::end(fence, || {
+            // SAFETY: Without a fence, `shrinker` is registered for as long as `self` exists (type
+            // invariant).
             unsafe { bindings::shrinker_free(self.shrinker.as_ptr()) };
-        }
+        });
     }
 }

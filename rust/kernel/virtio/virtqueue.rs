@@ -1037,7 +1037,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
                 // one of their fields reads nothing.
                 let data = unsafe { &raw mut (*this.as_ptr()).core }.cast();
                 let binding = Some(binding.generic());
-                // SAFETY: Until the fence is disarmed, in `drop`, `this` is live queues of `dev`,
+                // SAFETY: Until the fence is dropped, in `drop`, `this` is live queues of `dev`,
                 // and deleting them once, under the device lock, ends their use.
                 unsafe { UnbindFence::arm_opt(binding, Inner::unbind_action, data, undo) }?
             },
@@ -1140,12 +1140,12 @@ impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
         // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
         // reached through it, which no callback touches.
         let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
-        // `false`: the fence's action deleted the queues (the device was unbound while they were
-        // leaked, or while this drop started); it has finished. `true`: ours to delete.
-        if UnbindFence::disarm_opt(fence) {
+        // The fence's action deletes the queues: now, or at an unbinding that started before
+        // this drop (which waits for it).
+        UnbindFence::end(fence, || {
             self.core.delete();
             self.core.release();
-        }
+        });
     }
 }
 

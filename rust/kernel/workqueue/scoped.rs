@@ -190,7 +190,7 @@ impl<H: ScopedHandler> ScopedWork<H> {
                     key.as_ptr(),
                 )
             }),
-            // SAFETY: Until the fence is disarmed, in `drop`, `this` is a live work item, and
+            // SAFETY: Until the fence is dropped, in `drop`, `this` is a live work item, and
             // disabling it ends every run of `handler`.
             fence: unsafe {
                 UnbindFence::arm_opt(binding, Self::unbind_action, this.as_ptr().cast(), || ())
@@ -247,12 +247,11 @@ impl<H: ScopedHandler> ScopedWork<H> {
 #[pinned_drop]
 impl<H: ScopedHandler> PinnedDrop for ScopedWork<H> {
     fn drop(mut self: Pin<&mut Self>) {
-        // Whether the fence acted or not, disabling again does no harm.
         // SAFETY: `self` is `!Unpin`, so the `&mut` carries no uniqueness; only `fence` is
         // reached through it, which no callback touches.
         let fence = unsafe { UnbindFence::take(&raw mut self.as_mut().get_unchecked_mut().fence) };
-        let _ = UnbindFence::disarm_opt(fence);
-        self.disable();
+        // The fence's action disables the work, as this does without one.
+        UnbindFence::end(fence, || self.disable());
     }
 }
 
