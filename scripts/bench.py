@@ -85,7 +85,11 @@ def settled_free(g, timeout=30):
     while True:
         time.sleep(0.5)
         free = g.meminfo()["MemFree"] * 1024
-        if abs(free - last) < 4 * MiB or time.monotonic() - t0 > timeout:
+        if abs(free - last) < 4 * MiB:
+            return min(free, last)
+        if time.monotonic() - t0 > timeout:
+            print(f"    warning: MemFree still moving after {timeout} s "
+                  f"({last // MiB} -> {free // MiB} MiB); using the lower")
             return min(free, last)
         last = free
 
@@ -144,10 +148,12 @@ def run_driver(g, drv, size, ram, results, traces, t_base):
     # device interrupts about twice per page, in others about 0.1 times. The
     # mode decides most of a repetition's rate, so the rate is also compared
     # within each mode (NaN where it is not this repetition's).
-    irq_mode = c["irqs_per_page"] >= 1
+    # A repetition that migrated nothing has no mode: it is in neither row.
     nan = float("nan")
-    r["rate_irq_mode"].append(r["migrate_rate"][-1] if irq_mode else nan)
-    r["rate_poll_mode"].append(nan if irq_mode else r["migrate_rate"][-1])
+    rate, per_page = r["migrate_rate"][-1], c["irqs_per_page"]
+    irq_mode = per_page >= 1
+    r["rate_irq_mode"].append(rate if irq_mode else nan)
+    r["rate_poll_mode"].append(rate if per_page == per_page and not irq_mode else nan)
     g.sh(f"rmmod {module}")
     assert g.vmstat()["nr_balloon_pages"] == 0, "pages left after rmmod"
 
@@ -172,6 +178,15 @@ def summarise(results):
     return rows
 
 
+def no_nan(x):
+    """`x` with every NaN in it replaced by None."""
+    if isinstance(x, dict):
+        return {k: no_nan(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [no_nan(v) for v in x]
+    return None if isinstance(x, float) and x != x else x
+
+
 def fmt(x):
     if x != x:
         return "-"
@@ -189,6 +204,7 @@ def print_table(rows, reps, size):
         if r["row"].startswith("rate_"):
             cells = [f"{c} (n={r['n'][d]})" for c, d in zip(cells, ("c", "rust"))]
         body.append((r["label"], r["unit"], *cells,
+                     "-" if r["ratio_rust_c"] != r["ratio_rust_c"] else
                      f"{r['ratio_rust_c']:.2f}{' *' if r['rust_worse'] else ''}"))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     for line in (head, *body):
@@ -244,9 +260,10 @@ def main():
 
     rows = summarise(results)
     print_table(rows, args.reps, size)
-    (OUT / "bench.json").write_text(json.dumps(
+    # NaN is not JSON: a value that does not apply is null.
+    (OUT / "bench.json").write_text(json.dumps(no_nan(
         {"guest_ram_mib": ram // MiB, "balloon_mib": size // MiB, "page": PAGE,
-         "reps": args.reps, "rows": rows, "samples": results}, indent=1))
+         "reps": args.reps, "rows": rows, "samples": results}), indent=1, allow_nan=False))
     plot(traces, OUT / "balloon-size.png")
     print(f"\n==> {(OUT / 'bench.json').relative_to(TOP)}, "
           f"{(OUT / 'balloon-size.png').relative_to(TOP)}")

@@ -15,8 +15,7 @@ from guest import MiB, Guest, GuestError
 DRIVERS = {"c": "virtio_balloon", "rust": "rust_virtio_balloon"}
 
 FLAVOUR = os.environ.get("RB_FLAVOUR", "debug")
-# A KASAN kernel keeps 1/8 of RAM for its shadow: give debug guests room.
-GUEST_MEM = "4G" if FLAVOUR == "debug" else "2G"
+GUEST_MEM = os.environ.get("RB_GUEST_MEM", "2G")
 
 
 def _all_guests():

@@ -48,7 +48,7 @@ def test_rust_balloon_suite(kunit_log):
 
 @pytest.mark.parametrize("name,cases", [
     ("rust_kernel_virtio", 6),
-    ("rust_kernel_unbind_fence", 4),
+    ("rust_kernel_unbind_fence", 5),
     ("rust_kernel_vmstat", 1),
 ])
 def test_rust_suite(kunit_log, name, cases):

@@ -404,12 +404,14 @@ impl Core {
         })
     }
 
-    /// The fence's action: the balloon was leaked and its device is unbound.
+    /// The fence's action, which empties the balloon: from its drop, or at unbind if it was
+    /// leaked (or is being dropped meanwhile).
     ///
     /// # Safety
     ///
-    /// `this` is the core of a balloon whose memory, leaked, stays valid.
-    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+    /// `this` is the core of a balloon whose memory stays valid (it is being dropped, or was
+    /// leaked).
+    unsafe fn unbind_action(this: *mut c_void) {
         // SAFETY: By the safety requirements.
         unsafe { &*this.cast::<Self>() }.empty();
     }

@@ -27,7 +27,14 @@
 //!   its borrows would outlive the binding. [`Devres`] cannot refuse this, as it cannot tell
 //!   that unbinding has started. A bus closes the binding's [`Gate`] when unbinding starts,
 //!   before `devres_release_all()`, and a closed gate arms no fence: making the registration
-//!   fails with `ENODEV`.
+//!   fails with `ENODEV`. Closing waits for the fences being armed, so that each is on the
+//!   device's list before `devres_release_all()` takes the list.
+//!
+//! # Locking
+//!
+//! The gate's lock is held only to test and count: a fence is allocated outside it, so that a
+//! registration may be made from memory reclaim (a shrinker's callback) without a lock of the
+//! gate ordered both before and after reclaim.
 
 use core::marker::PhantomData;
 
@@ -39,9 +46,13 @@ use crate::{
     },
     devres::Devres,
     error::to_result,
+    new_condvar,
     new_mutex,
     prelude::*,
-    sync::Mutex, //
+    sync::{
+        CondVar,
+        Mutex, //
+    }, //
 };
 
 /// How a registration ends, run once when its fence is revoked.
@@ -52,12 +63,12 @@ use crate::{
 /// and ends every use the registration makes of borrowed data.
 #[pin_data(PinnedDrop)]
 struct Ending {
-    action: unsafe extern "C" fn(*mut c_void),
+    action: unsafe fn(*mut c_void),
     data: *mut c_void,
 }
 
-// SAFETY: `Binding::fence`'s caller vouches that the action may run from the unbinding of the
-// device, on whichever thread unbinds it.
+// SAFETY: `Binding::fence`'s caller vouches that the action may run on the thread that unbinds
+// the device or on the one that drops the fence, whichever it is.
 unsafe impl Send for Ending {}
 
 // SAFETY: `&Ending` gives access to nothing.
@@ -66,9 +77,9 @@ unsafe impl Sync for Ending {}
 #[pinned_drop]
 impl PinnedDrop for Ending {
     fn drop(self: Pin<&mut Self>) {
-        // SAFETY: `Devres` drops its data once, when it is revoked: from `UnbindFence`'s drop,
-        // or from the unbinding while that drop waits for it. Either is before the fence has been
-        // dropped (type invariant).
+        // SAFETY: `Devres` drops its data once, when it is revoked, by whichever of
+        // `UnbindFence`'s drop and the unbinding revokes first; the other waits for it. Either
+        // way that is before the fence's drop has returned (type invariant).
         unsafe { (self.action)(self.data) }
     }
 }
@@ -92,7 +103,7 @@ impl UnbindFence {
     /// As for [`Binding::fence`].
     pub unsafe fn arm_opt(
         binding: Option<Binding<'_>>,
-        action: unsafe extern "C" fn(*mut c_void),
+        action: unsafe fn(*mut c_void),
         data: *mut c_void,
         undo: impl FnOnce(),
     ) -> Result<Option<Self>> {
@@ -120,11 +131,11 @@ impl UnbindFence {
     }
 
     /// Ends a registration being dropped, once: through its fence if it has one (whose action
-    /// runs now, or ran at unbind, which is waited for), otherwise through `end`.
-    pub fn end(fence: Option<Self>, end: impl FnOnce()) {
+    /// runs now, or ran at unbind, which is waited for), otherwise through `without_fence`.
+    pub fn end(fence: Option<Self>, without_fence: impl FnOnce()) {
         match fence {
             Some(fence) => drop(fence),
-            None => end(),
+            None => without_fence(),
         }
     }
 }
@@ -135,7 +146,16 @@ impl UnbindFence {
 #[pin_data]
 pub struct Gate {
     #[pin]
-    open: Mutex<bool>,
+    state: Mutex<GateState>,
+    /// Signalled when the last fence being armed through a closed gate is on the device's list.
+    #[pin]
+    armed: CondVar,
+}
+
+struct GateState {
+    open: bool,
+    /// Fences being armed: admitted while the gate was open, not yet on the device's list.
+    arming: usize,
 }
 
 impl Gate {
@@ -149,7 +169,11 @@ impl Gate {
     pub unsafe fn new(dev: &Device<Bound>) -> Result<&Gate> {
         let gate = KBox::pin_init(
             pin_init!(Gate {
-                open <- new_mutex!(true),
+                state <- new_mutex!(GateState {
+                    open: true,
+                    arming: 0,
+                }),
+                armed <- new_condvar!(),
             }),
             GFP_KERNEL,
         )?;
@@ -173,10 +197,34 @@ impl Gate {
         drop(unsafe { KBox::from_raw(gate.cast::<Self>()) });
     }
 
-    /// Closes the gate: from now on no fence is armed through it. A bus calls this when
-    /// unbinding starts (and when probe fails), before the device's devres actions run.
+    /// Closes the gate: from now on no fence is armed through it. Returns once every fence
+    /// admitted before is on the device's list. A bus calls this when unbinding starts (and when
+    /// probe fails), before the device's devres actions run.
     pub fn close(&self) {
-        *self.open.lock() = false;
+        let mut state = self.state.lock();
+        state.open = false;
+        while state.arming > 0 {
+            self.armed.wait(&mut state);
+        }
+    }
+
+    /// Admits a fence to be armed, if the gate is open: it must be followed by [`Gate::armed`].
+    fn admit(&self) -> Result {
+        let mut state = self.state.lock();
+        if !state.open {
+            return Err(ENODEV);
+        }
+        state.arming += 1;
+        Ok(())
+    }
+
+    /// The fence admitted last by [`Gate::admit`] is on the device's list, or was not made.
+    fn armed(&self) {
+        let mut state = self.state.lock();
+        state.arming -= 1;
+        if state.arming == 0 && !state.open {
+            self.armed.notify_all();
+        }
     }
 }
 
@@ -236,33 +284,31 @@ impl<'a, D: AsRef<Device<Bound>>> Binding<'a, D> {
 
     /// Arms `action(data)` to run when the device is unbound, unless the fence is dropped first
     /// (which runs it then); fails with `ENODEV` once unbinding has started (from the bus's
-    /// remove on), in which case the caller undoes its registration. Sleeps; not from memory
-    /// reclaim (a shrinker's callback, say), as arming allocates under the gate's lock.
+    /// remove on), in which case the caller undoes its registration. Sleeps; may be called from
+    /// memory reclaim (see "Locking" in the module documentation).
     ///
     /// # Safety
     ///
-    /// Until the fence has been dropped, calling `action(data)` once, from the unbinding of the
-    /// device or from the fence's drop, is sound, and ends every use the registration makes of
-    /// borrowed data. `action` does not drop the fence (the drop would wait for the action).
+    /// Until the fence has been dropped, calling `action(data)` once, on the thread that unbinds
+    /// the device or on the one that drops the fence, is sound, and ends every use the
+    /// registration makes of borrowed data. `action` does not drop the fence (the drop would
+    /// wait for the action).
     pub unsafe fn fence(
         &self,
-        action: unsafe extern "C" fn(*mut c_void),
+        action: unsafe fn(*mut c_void),
         data: *mut c_void,
     ) -> Result<UnbindFence> {
-        // Held while arming: `close()` returns only once no fence is being armed, so every fence
-        // is on the device's list before `devres_release_all()` takes it.
-        let open = self.gate.open.lock();
-        if !*open {
-            return Err(ENODEV);
-        }
+        // Admitted, the fence holds off `close()`, so that it is on the device's list before
+        // `devres_release_all()` takes the list.
+        self.gate.admit()?;
         // An initialiser, not an `Ending`: should allocating fail, no `Ending` is dropped, so the
         // action does not run (the caller undoes the registration itself). Once initialised,
         // nothing in `Devres::new` can fail.
         // INVARIANT: The caller vouches for `action(data)` until the fence has been dropped.
         let ending = pin_init!(Ending { action, data });
-        Ok(UnbindFence {
-            _ending: Devres::new(self.dev.as_ref(), ending)?,
-        })
+        let made = Devres::new(self.dev.as_ref(), ending);
+        self.gate.armed();
+        Ok(UnbindFence { _ending: made? })
     }
 }
 
@@ -277,6 +323,7 @@ mod tests {
         UnbindFence, //
     };
     use crate::{
+        bindings,
         devres,
         faux,
         prelude::*,
@@ -292,7 +339,32 @@ mod tests {
             WorkQueue, //
         }, //
     };
-    use core::ptr::null_mut;
+
+    /// The binding of `reg`'s faux device, and its gate. Dropping `reg` unbinds the device.
+    fn bind(reg: &faux::Registration) -> Result<(Binding<'_>, &Gate)> {
+        let dev: &Device<Bound> = reg.as_ref().as_ref();
+        // SAFETY: The gate is the first devres action a test adds to its faux device, and nothing
+        // that could use the gate runs after the device is unbound.
+        let gate = unsafe { Gate::new(dev) }?;
+        // SAFETY: What a test arms borrows nothing that dies before `reg` is dropped, and no
+        // thread arms a fence while the device is unbound.
+        Ok((unsafe { Binding::new(dev, gate) }, gate))
+    }
+
+    /// A fence's action that counts its runs in the `Atomic<i32>` that `data` points at.
+    ///
+    /// # Safety
+    ///
+    /// `data` points at a live `Atomic<i32>`.
+    unsafe fn count(data: *mut c_void) {
+        // SAFETY: By the safety requirements.
+        unsafe { &*data.cast::<Atomic<i32>>() }.fetch_add(1, Relaxed);
+    }
+
+    /// The `data` of [`count`] for `runs`.
+    fn runs_in(runs: &Atomic<i32>) -> *mut c_void {
+        core::ptr::from_ref(runs).cast_mut().cast()
+    }
 
     struct Nop;
 
@@ -303,13 +375,7 @@ mod tests {
     #[test]
     fn a_leaked_work_item_is_disabled_at_unbind() -> Result {
         let reg = faux::Registration::new(c"rust-unbind-fence", None)?;
-        let dev: &Device<Bound> = reg.as_ref().as_ref();
-        // SAFETY: The gate is the test's first devres action on the faux device, and nothing
-        // that could use it runs after the device is unbound.
-        let gate = unsafe { Gate::new(dev) }?;
-        // SAFETY: `Nop` borrows nothing; the binding ends when `reg` is dropped. The gate is not
-        // closed, which only matters to a fence armed during unbind: no thread arms one here.
-        let binding = unsafe { Binding::new(dev, gate) };
+        let (binding, _) = bind(&reg)?;
         let queue = || WorkQueue::System(workqueue::system());
 
         // Dropped before unbind: the fence ends the work item then, and unbind finds nothing.
@@ -327,98 +393,133 @@ mod tests {
         Ok(())
     }
 
-    static DROP_ACTED: Atomic<i32> = Atomic::new(0);
-    static DROP_SEEN: Atomic<i32> = Atomic::new(-1);
-    static DROP_BY_OWNER: Atomic<i32> = Atomic::new(0);
-
-    extern "C" fn drop_action(_: *mut c_void) {
-        DROP_ACTED.fetch_add(1, Relaxed);
+    /// What [`Owner`]'s drop saw. Static, as a devres resource is `'static`; reset by its test.
+    struct Seen {
+        runs: Atomic<i32>,
+        runs_when_ended: Atomic<i32>,
+        without_fence: Atomic<i32>,
     }
+
+    static SEEN: Seen = Seen {
+        runs: Atomic::new(0),
+        runs_when_ended: Atomic::new(-1),
+        without_fence: Atomic::new(0),
+    };
 
     /// Owns a fence, and records how often its action had run when ending it returned.
     struct Owner(Option<UnbindFence>);
 
     impl Drop for Owner {
         fn drop(&mut self) {
-            UnbindFence::end(self.0.take(), || DROP_BY_OWNER.store(1, Relaxed));
-            DROP_SEEN.store(DROP_ACTED.load(Relaxed), Relaxed);
+            UnbindFence::end(self.0.take(), || {
+                SEEN.without_fence.fetch_add(1, Relaxed);
+            });
+            SEEN.runs_when_ended.store(SEEN.runs.load(Relaxed), Relaxed);
         }
     }
 
     #[test]
     fn a_fence_dropped_during_unbind_ends_its_registration_once() -> Result {
+        SEEN.runs.store(0, Relaxed);
+        SEEN.runs_when_ended.store(-1, Relaxed);
+        SEEN.without_fence.store(0, Relaxed);
         let reg = faux::Registration::new(c"rust-unbind-fence-drop", None)?;
-        let dev: &Device<Bound> = reg.as_ref().as_ref();
-        // SAFETY: As in the first test.
-        let gate = unsafe { Gate::new(dev) }?;
-        // SAFETY: The action borrows nothing; the binding ends when `reg` is dropped, and no
-        // thread arms a fence during unbind.
-        let binding = unsafe { Binding::new(dev, gate) };
-        // SAFETY: `drop_action` uses nothing.
-        let fence = unsafe { binding.fence(drop_action, null_mut()) }?;
+        let (binding, _) = bind(&reg)?;
+        // SAFETY: `SEEN.runs` is static.
+        let fence = unsafe { binding.fence(count, runs_in(&SEEN.runs)) }?;
         // Registered after the fence, so released before it: the owner is dropped while
         // `devres_release_all()` holds the fence's node on its private list, not yet released.
-        devres::register(dev, Owner(Some(fence)), GFP_KERNEL)?;
+        devres::register(binding.device(), Owner(Some(fence)), GFP_KERNEL)?;
         drop(reg);
         // The registration had ended when the owner's drop returned, through the fence, and the
         // release that came after did not end it again.
-        assert_eq!(DROP_SEEN.load(Relaxed), 1);
-        assert_eq!(DROP_ACTED.load(Relaxed), 1);
-        assert_eq!(DROP_BY_OWNER.load(Relaxed), 0);
+        assert_eq!(SEEN.runs_when_ended.load(Relaxed), 1);
+        assert_eq!(SEEN.runs.load(Relaxed), 1);
+        assert_eq!(SEEN.without_fence.load(Relaxed), 0);
         Ok(())
-    }
-
-    static EARLY_ACTED: Atomic<i32> = Atomic::new(0);
-
-    extern "C" fn early_action(_: *mut c_void) {
-        EARLY_ACTED.fetch_add(1, Relaxed);
     }
 
     #[test]
     fn a_fence_dropped_before_unbind_acts_at_its_drop_only() -> Result {
+        let runs = Atomic::new(0);
         let reg = faux::Registration::new(c"rust-unbind-fence-early", None)?;
-        let dev: &Device<Bound> = reg.as_ref().as_ref();
-        // SAFETY: As in the first test.
-        let gate = unsafe { Gate::new(dev) }?;
-        // SAFETY: As in the second test.
-        let binding = unsafe { Binding::new(dev, gate) };
-        // SAFETY: `early_action` uses nothing.
-        let fence = unsafe { binding.fence(early_action, null_mut()) }?;
-        assert_eq!(EARLY_ACTED.load(Relaxed), 0);
+        let (binding, _) = bind(&reg)?;
+        // SAFETY: `runs` outlives the fence, dropped below.
+        let fence = unsafe { binding.fence(count, runs_in(&runs)) }?;
+        assert_eq!(runs.load(Relaxed), 0);
         drop(fence);
-        assert_eq!(EARLY_ACTED.load(Relaxed), 1);
+        assert_eq!(runs.load(Relaxed), 1);
         drop(reg);
-        assert_eq!(EARLY_ACTED.load(Relaxed), 1);
+        assert_eq!(runs.load(Relaxed), 1);
         Ok(())
-    }
-
-    static GATE_ACTED: Atomic<i32> = Atomic::new(0);
-
-    extern "C" fn gate_action(_: *mut c_void) {
-        GATE_ACTED.fetch_add(1, Relaxed);
     }
 
     #[test]
     fn a_closed_gate_arms_no_fence() -> Result {
+        let (runs, undone) = (Atomic::new(0), Atomic::new(0));
         let reg = faux::Registration::new(c"rust-unbind-fence-gate", None)?;
-        let dev: &Device<Bound> = reg.as_ref().as_ref();
-        // SAFETY: As in the first test.
-        let gate = unsafe { Gate::new(dev) }?;
-        // SAFETY: The action borrows nothing; the binding ends when `reg` is dropped, and no
-        // thread arms a fence during unbind.
-        let binding = unsafe { Binding::new(dev, gate) };
-        // SAFETY: `gate_action` uses nothing.
-        let armed = unsafe { binding.fence(gate_action, null_mut()) }?;
+        let (binding, gate) = bind(&reg)?;
+        // SAFETY: `runs` outlives the device's binding and the fence, both ended below.
+        let armed = unsafe { binding.fence(count, runs_in(&runs)) }?;
         // As a bus does when unbinding starts: a fence armed from now on would never run.
         gate.close();
         // SAFETY: As above.
-        let refused = unsafe { binding.fence(gate_action, null_mut()) };
+        let refused = unsafe { binding.fence(count, runs_in(&runs)) };
         assert_eq!(refused.err(), Some(ENODEV));
+        // A registration that cannot arm its fence is undone by the caller's `undo`, once.
+        let undo = || {
+            undone.fetch_add(1, Relaxed);
+        };
+        // SAFETY: As above.
+        let refused = unsafe { UnbindFence::arm_opt(Some(binding), count, runs_in(&runs), undo) };
+        assert_eq!(refused.err(), Some(ENODEV));
+        assert_eq!(undone.load(Relaxed), 1);
+        assert_eq!(runs.load(Relaxed), 0);
         drop(reg);
         // The fence armed before ran once, and dropping it afterwards does not run it again.
-        assert_eq!(GATE_ACTED.load(Relaxed), 1);
+        assert_eq!(runs.load(Relaxed), 1);
         drop(armed);
-        assert_eq!(GATE_ACTED.load(Relaxed), 1);
+        assert_eq!(runs.load(Relaxed), 1);
+        Ok(())
+    }
+
+    /// Arming allocates; a shrinker may arm a fence (by making a registration) from reclaim. Were
+    /// the allocation made under the gate's lock, lockdep would see that lock taken both before
+    /// reclaim (here, first) and within it (then), and report a circular dependency in the
+    /// guest's log. As reclaim does, the second arming runs within `fs_reclaim` with
+    /// `PF_MEMALLOC` set (so that its own allocation does not enter reclaim again).
+    #[cfg(CONFIG_LOCKDEP)]
+    #[test]
+    fn a_fence_armed_from_reclaim_allocates_under_no_lock() -> Result {
+        let runs = Atomic::new(0);
+        let reg = faux::Registration::new(c"rust-unbind-fence-reclaim", None)?;
+        let (binding, _) = bind(&reg)?;
+        // SAFETY: `runs` outlives both fences, dropped below.
+        let before = unsafe { binding.fence(count, runs_in(&runs)) }?;
+        let task = crate::task::Task::current_raw();
+        let flags = GFP_KERNEL.as_raw();
+        // SAFETY: As `__perform_reclaim()` enters reclaim: `fs_reclaim_acquire()`, then
+        // `memalloc_noreclaim_save()`, which sets a flag of the current task (only the task
+        // itself changes its flags). Both are undone below, on the same task, in reverse.
+        let old = unsafe {
+            bindings::fs_reclaim_acquire(flags);
+            let old = (*task).flags;
+            (*task).flags |= bindings::PF_MEMALLOC;
+            old
+        };
+        // SAFETY: As above.
+        let within = unsafe { binding.fence(count, runs_in(&runs)) };
+        // SAFETY: Undoes the above, in reverse (`memalloc_noreclaim_restore()`).
+        unsafe {
+            (*task).flags =
+                ((*task).flags & !bindings::PF_MEMALLOC) | (old & bindings::PF_MEMALLOC);
+            bindings::fs_reclaim_release(flags);
+        }
+        let within = within?;
+        drop(within);
+        drop(before);
+        assert_eq!(runs.load(Relaxed), 2);
+        drop(reg);
         Ok(())
     }
 }

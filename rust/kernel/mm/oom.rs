@@ -146,12 +146,14 @@ impl<H: Handler> Registration<H> {
         }? Error)
     }
 
-    /// The fence's action: the registration was leaked and its device is unbound.
+    /// The fence's action, which ends the registration: from its drop, or at unbind if it was
+    /// leaked (or is being dropped meanwhile).
     ///
     /// # Safety
     ///
-    /// `this` is a registered `Registration<H>`, whose memory, leaked, stays valid.
-    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+    /// `this` is a registered `Registration<H>`, whose memory stays valid (it is being dropped, or
+    /// was leaked).
+    unsafe fn unbind_action(this: *mut c_void) {
         let this = this.cast::<Self>();
         // SAFETY: By the safety requirements `nb` is registered; unregistering waits for running
         // callbacks.

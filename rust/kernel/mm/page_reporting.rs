@@ -149,12 +149,14 @@ impl<R: Reporter> Registration<R> {
         }? Error)
     }
 
-    /// The fence's action: the registration was leaked and its device is unbound.
+    /// The fence's action, which ends the registration: from its drop, or at unbind if it was
+    /// leaked (or is being dropped meanwhile).
     ///
     /// # Safety
     ///
-    /// `this` is a registered `Registration<R>`, whose memory, leaked, stays valid.
-    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+    /// `this` is a registered `Registration<R>`, whose memory stays valid (it is being dropped, or
+    /// was leaked).
+    unsafe fn unbind_action(this: *mut c_void) {
         let this = this.cast::<Self>();
         // SAFETY: By the safety requirements `info` is registered; unregistering cancels the
         // reporting work and waits for it.

@@ -158,13 +158,14 @@ impl<S: Shrinker> Registration<S> {
         }? Error)
     }
 
-    /// The fence's action: the registration was leaked and its device is unbound.
+    /// The fence's action, which ends the registration: from its drop, or at unbind if it was
+    /// leaked (or is being dropped meanwhile).
     ///
     /// # Safety
     ///
-    /// `this` is a `Registration<S>` with a registered shrinker, whose memory, leaked, stays
-    /// valid.
-    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+    /// `this` is a `Registration<S>` with a registered shrinker, whose memory stays valid (it is
+    /// being dropped, or was leaked).
+    unsafe fn unbind_action(this: *mut c_void) {
         // SAFETY: By the safety requirements the shrinker is registered; freeing it waits for
         // running callbacks.
         unsafe { bindings::shrinker_free((*this.cast::<Self>()).shrinker.as_ptr()) };

@@ -642,8 +642,8 @@ type VqCallback = unsafe extern "C" fn(*mut bindings::virtqueue);
 ///
 /// # Invariants
 ///
-/// - While `self` exists, `dev`'s `priv` points at `self`; it is cleared under the device's
-///   `vqs_list_lock` before `self` is freed.
+/// - While `self` exists, until the fence's action has run, `dev`'s `priv` points at `self`; it
+///   is cleared under the device's `vqs_list_lock` before `self` is freed.
 /// - `handler` is initialised before the queues exist and outlives them.
 #[repr(C)]
 #[pin_data(PinnedDrop)]
@@ -874,13 +874,15 @@ impl<'a> Inner<'a> {
         }
     }
 
-    /// The fence's action: the queues were leaked and their device is unbound.
+    /// The fence's action, which deletes the queues: from their drop, or at unbind if they were
+    /// leaked (or are being dropped meanwhile).
     ///
     /// # Safety
     ///
-    /// `this` is the core of a `Virtqueues`, whose memory, leaked, stays valid; the device lock
-    /// is held.
-    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+    /// `this` is the core of a `Virtqueues`, whose memory stays valid (it is being dropped, or
+    /// was leaked); no freeze or restore runs meanwhile: called from the unbinding of the device
+    /// (the device lock held) or from the drop of the `Virtqueues` (which those borrow).
+    unsafe fn unbind_action(this: *mut c_void) {
         // SAFETY: By the safety requirements.
         let this = unsafe { &*this.cast::<Self>() };
         this.delete();
@@ -1038,7 +1040,8 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
                 let data = unsafe { &raw mut (*this.as_ptr()).core }.cast();
                 let binding = Some(binding.generic());
                 // SAFETY: Until the fence is dropped, in `drop`, `this` is live queues of `dev`,
-                // and deleting them once, under the device lock, ends their use.
+                // and deleting them once, at unbind (under the device lock) or in their drop,
+                // ends their use.
                 unsafe { UnbindFence::arm_opt(binding, Inner::unbind_action, data, undo) }?
             },
             _pin: PhantomPinned,

@@ -198,12 +198,14 @@ impl<H: ScopedHandler> ScopedWork<H> {
         }? Error)
     }
 
-    /// The fence's action: the work item was leaked and its device is unbound.
+    /// The fence's action, which disables the work item: from its drop, or at unbind if it was
+    /// leaked (or is being dropped meanwhile).
     ///
     /// # Safety
     ///
-    /// `this` is an initialised `ScopedWork<H>`, whose memory, leaked, stays valid.
-    unsafe extern "C" fn unbind_action(this: *mut c_void) {
+    /// `this` is an initialised `ScopedWork<H>`, whose memory stays valid (it is being dropped,
+    /// or was leaked).
+    unsafe fn unbind_action(this: *mut c_void) {
         // SAFETY: By the safety requirements `work` is an initialised work item.
         unsafe {
             bindings::disable_work_sync(Opaque::cast_into(&raw const (*this.cast::<Self>()).work))
