@@ -286,8 +286,8 @@ impl<H: MigrationHandler> Balloon<H> {
                 // one of its fields reads nothing.
                 let data = unsafe { &raw mut (*this.as_ptr()).core }.cast();
                 // SAFETY: Until the fence is dropped, in `drop`, `this` is a live balloon; its
-                // action empties it, after which no page leads compaction to `handler`. The
-                // balloon is empty now: nothing to undo.
+                // action empties it, on any thread that may sleep, after which no page leads
+                // compaction to `handler`. The balloon is empty now: nothing to undo.
                 unsafe { UnbindFence::arm_opt(binding, Core::unbind_action, data, || ()) }?
             },
         }? Error)

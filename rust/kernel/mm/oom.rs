@@ -140,7 +140,8 @@ impl<H: Handler> Registration<H> {
                 };
                 let data = this.as_ptr().cast();
                 // SAFETY: Until the fence is dropped, in `drop`, `this` is a live registration,
-                // and unregistering it once ends every call to `handler`.
+                // and unregistering it once, on any thread that may sleep, ends every call to
+                // `handler`.
                 unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, undo) }?
             },
         }? Error)

@@ -143,7 +143,8 @@ impl<R: Reporter> Registration<R> {
                 let undo = || unsafe { bindings::page_reporting_unregister(info.get()) };
                 let (binding, data) = (Some(binding.generic()), this.as_ptr().cast());
                 // SAFETY: Until the fence is dropped, in `drop`, `this` is a live registration,
-                // and unregistering it once ends every call to `reporter`.
+                // and unregistering it once, on any thread that may sleep, ends every call to
+                // `reporter`.
                 unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, undo) }?
             },
         }? Error)

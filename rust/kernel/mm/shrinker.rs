@@ -151,7 +151,8 @@ impl<S: Shrinker> Registration<S> {
                 let undo = || unsafe { bindings::shrinker_free(shrinker.as_ptr()) };
                 let data = this.as_ptr().cast();
                 // SAFETY: Until the fence is dropped, in `drop`, `this` is a live registration,
-                // and freeing its shrinker once ends every call to `inner`.
+                // and freeing its shrinker once, on any thread that may sleep, ends every call to
+                // `inner`.
                 unsafe { UnbindFence::arm_opt(binding, Self::unbind_action, data, undo) }?
             },
             _pin: PhantomPinned,

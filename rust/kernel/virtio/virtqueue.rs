@@ -880,8 +880,9 @@ impl<'a> Inner<'a> {
     /// # Safety
     ///
     /// `this` is the core of a `Virtqueues`, whose memory stays valid (it is being dropped, or
-    /// was leaked); no freeze or restore runs meanwhile: called from the unbinding of the device
-    /// (the device lock held) or from the drop of the `Virtqueues` (which those borrow).
+    /// was leaked); no freeze or restore runs meanwhile: freeze and restore borrow the
+    /// `Virtqueues`, so they cannot run during its drop, and at unbind the device lock excludes
+    /// them.
     unsafe fn unbind_action(this: *mut c_void) {
         // SAFETY: By the safety requirements.
         let this = unsafe { &*this.cast::<Self>() };

@@ -191,7 +191,7 @@ impl<H: ScopedHandler> ScopedWork<H> {
                 )
             }),
             // SAFETY: Until the fence is dropped, in `drop`, `this` is a live work item, and
-            // disabling it ends every run of `handler`.
+            // disabling it once, on any thread that may sleep, ends every run of `handler`.
             fence: unsafe {
                 UnbindFence::arm_opt(binding, Self::unbind_action, this.as_ptr().cast(), || ())
             }?,
