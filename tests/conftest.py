@@ -15,7 +15,16 @@ from guest import MiB, Guest, GuestError
 DRIVERS = {"c": "virtio_balloon", "rust": "rust_virtio_balloon"}
 
 FLAVOUR = os.environ.get("RB_FLAVOUR", "debug")
+# Guest RAM: KASAN's shadow (1/8 of it), boot, inflation and compaction all
+# scale with it, and so does the suite's time. A module whose tests size
+# everything from the guest's own figures sets GUEST_MEM = "1G"; RB_GUEST_MEM
+# overrides both.
 GUEST_MEM = os.environ.get("RB_GUEST_MEM", "2G")
+
+
+def guest_mem(module=None):
+    """The RAM of a guest booted for `module`."""
+    return os.environ.get("RB_GUEST_MEM") or getattr(module, "GUEST_MEM", GUEST_MEM)
 
 
 def _all_guests():
@@ -68,6 +77,7 @@ def guest(request):
     REBOOT = True for a guest that restarts on reboot instead of exiting, and
     QEMU_EXTRA for more QEMU arguments (objects the device refers to)."""
     g = boot(request.module.__name__.removeprefix("test_"),
+             mem=guest_mem(request.module),
              balloon=getattr(request.module, "BALLOON_OPTS", ""),
              reboot=getattr(request.module, "REBOOT", False),
              extra=getattr(request.module, "QEMU_EXTRA", ()))

@@ -13,6 +13,7 @@ memory (at least 32 MiB of MemAvailable), so the balloon stops short of the
 target and the guest lives, with no OOM kill.
 """
 
+import sys
 import time
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from guest import MiB, PAGE, GuestError
 
 BALLOON_OPTS = "deflate-on-oom=on"
+GUEST_MEM = "1G"  # sizes are the guest's own, or a 512 MiB hog (conftest.guest_mem)
 
 
 def test_1mib_target_with_deflate_on_oom(driver, guest):
@@ -68,8 +70,8 @@ def test_memory_hog_gets_the_balloon_back(driver, guest):
     "rust",
 ])
 def test_1mib_target_without_deflate_on_oom(which):
-    from conftest import DRIVERS, boot
-    g = boot(f"absurd-{which}")
+    from conftest import DRIVERS, boot, guest_mem
+    g = boot(f"absurd-{which}", mem=guest_mem(sys.modules[__name__]))
     try:
         start = g.log_size()
         g.sh(f"insmod /modules/{DRIVERS[which]}.ko")

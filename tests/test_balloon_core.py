@@ -13,6 +13,7 @@ from test_balloon_sim import (  # noqa: F401 (sim is a fixture)
 )
 
 BALLOON_OPTS = None
+GUEST_MEM = "1G"  # every size is the guest's own (conftest.guest_mem)
 
 
 def test_deflating_migrations_keep_nr_balloon_pages_right(sim):

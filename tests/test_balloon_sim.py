@@ -10,6 +10,7 @@ from guest import MiB, PAGE
 
 SIM = "/sys/kernel/debug/rust_balloon_sim"
 BALLOON_OPTS = None  # no virtio-balloon device: nothing here needs one
+GUEST_MEM = "1G"  # every size is the guest's own (conftest.guest_mem)
 
 
 @pytest.fixture

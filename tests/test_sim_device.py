@@ -17,17 +17,19 @@ build/sim-device/<test>.json.
 """
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import DRIVERS, boot
+from conftest import DRIVERS, boot, guest_mem
 from guest import MiB, PAGE
 from simdev import (F_DEFLATE_ON_OOM, F_FREE_PAGE_HINT, F_MUST_TELL_HOST,
                     F_REPORTING, F_STATS_VQ, FRAME, STAT_MEMTOT, SimBalloon)
 
 BALLOON_OPTS = None  # no QEMU balloon: the simulated device is the only one
+GUEST_MEM = "1G"  # sizes are the guest's own, or at most 512 MiB (conftest.guest_mem)
 STATES = Path(__file__).resolve().parent.parent / "build" / "sim-device"
 DELAYS = {"0ms": 0, "50ms": 50000}
 DRIVER_OK = 4
@@ -379,7 +381,7 @@ def test_absurd_target(request, guest, bound, which, target):
 
 
 def own_guest(name, append=""):
-    return boot(name, balloon=None, append=append)
+    return boot(name, balloon=None, append=append, mem=guest_mem(sys.modules[__name__]))
 
 
 # init_on_free: a page freed while the device still has it is written at
