@@ -34,13 +34,13 @@
 //!
 //! The gate's lock is held only to test and count, never across an allocation, so it is never
 //! ordered before memory reclaim: the gate does not keep a shrinker's callback from arming a
-//! fence (the registration's own locks may; from reclaim, the allocation draws on the emergency
-//! reserves).
+//! fence (the registration's own locks may; under `PF_MEMALLOC`, as in direct reclaim or
+//! kswapd, the allocation draws on the emergency reserves).
 //!
 //! [`Gate::close`] sleeps, in remove, with the device lock held, until the fences being armed
 //! are on the device's list; lockdep does not see this wait. Between being admitted and being
-//! on the list, a fence is only allocated and added: whoever arms it waits for nothing that
-//! remove holds.
+//! on the list, a fence is only allocated (which may enter reclaim, which never waits for a
+//! device lock) and added: whoever arms it waits for nothing that remove holds.
 
 use core::marker::PhantomData;
 
@@ -170,7 +170,8 @@ pub struct Gate {
 
 struct GateState {
     open: bool,
-    /// Fences being armed: admitted while the gate was open, not yet on the device's list.
+    /// Fences being armed: admitted while the gate was open, not yet on the device's list (or
+    /// not made).
     arming: usize,
 }
 

@@ -881,8 +881,9 @@ impl<'a> Inner<'a> {
     ///
     /// `this` is the core of a `Virtqueues`, whose memory stays valid (it is being dropped, or
     /// was leaked); no freeze or restore runs meanwhile: freeze and restore borrow the
-    /// `Virtqueues`, so they cannot run during its drop, and at unbind the device lock excludes
-    /// them.
+    /// `Virtqueues`, so they cannot run during its drop, and an unbind does not run during a
+    /// system sleep transition (user space, which starts unbinds, is frozen; a transport's
+    /// removal holds the transport's device lock, as its freeze does).
     unsafe fn unbind_action(this: *mut c_void) {
         // SAFETY: By the safety requirements.
         let this = unsafe { &*this.cast::<Self>() };
@@ -1041,8 +1042,8 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
                 let data = unsafe { &raw mut (*this.as_ptr()).core }.cast();
                 let binding = Some(binding.generic());
                 // SAFETY: Until the fence is dropped, in `drop`, `this` is live queues of `dev`,
-                // and deleting them once, at unbind (under the device lock) or in their drop,
-                // ends their use.
+                // and deleting them once, at unbind or in their drop, on any thread that may
+                // sleep, ends their use.
                 unsafe { UnbindFence::arm_opt(binding, Inner::unbind_action, data, undo) }?
             },
             _pin: PhantomPinned,
