@@ -531,10 +531,9 @@ mod tests {
         let before = unsafe { binding.fence(count, runs_in(&runs)) }?;
         let task = crate::task::Task::current_raw();
         let flags = GFP_KERNEL.as_raw();
-        // SAFETY: As `__perform_reclaim()` enters reclaim: `fs_reclaim_acquire()`, then what
-        // `memalloc_noreclaim_save()` does, the same plain read-modify-write of the current
-        // task's `flags` (which other tasks do not write). Both are undone below, on the same
-        // task, in reverse, as `memalloc_noreclaim_restore()` and `fs_reclaim_release()` do.
+        // SAFETY: As `__perform_reclaim()`: `fs_reclaim_acquire()`, then the read-modify-write of
+        // the current task's `flags` (no other task writes them) of `memalloc_noreclaim_save()`;
+        // both are undone below, on this task, in reverse.
         let old = unsafe {
             bindings::fs_reclaim_acquire(flags);
             let old = (*task).flags;
