@@ -7,6 +7,7 @@ and writes build/bench/bench.json and build/bench/balloon-size.png."""
 import argparse
 import json
 import statistics
+import struct
 import sys
 import time
 from pathlib import Path
@@ -36,10 +37,67 @@ ROWS = {
     "rate_poll_mode": ("  pages/s in repetitions with < 1 interrupt per page", "pages/s", None),
     "migrate_scanned": ("compact_migrate_scanned", "pages", None),
     "free_scanned": ("compact_free_scanned", "pages", None),
+    "isolated": ("compact_isolated (a migration refused with EAGAIN isolates again)", "pages",
+                 None),
     "busy_secs": ("guest CPU time busy during compaction (both CPUs)", "s", None),
     "coresize": ("module size in memory (/sys/module/*/coresize)", "bytes", False),
     "ko": ("module file size (.ko)", "bytes", False),
+    "text": ("  text (core: all but .init)", "bytes", None),
+    "rodata": ("  .rodata", "bytes", None),
+    "orc": ("  ORC unwind tables (read-only data in memory)", "bytes", None),
+    "data": ("  .data and .bss", "bytes", None),
+    "kallsyms": ("  kallsyms kept for the core text (symtab + names, estimate)", "bytes",
+                 None),
+    "functions": ("  functions in the core text", "symbols", None),
 }
+
+
+def sections(ko):
+    """What the module loader lays out for `ko`'s core: the bytes of its text,
+    read-only data, data, and of the symbol table it keeps for kallsyms
+    (layout_symtab(): one Elf64_Sym, the name and a type byte for symbol 0 and
+    for each symbol in an allocated executable section that is not .init; the
+    release kernel has no CONFIG_KALLSYMS_ALL, and with CONFIG_MODULE_UNLOAD
+    .exit is core). Read from the ELF file itself; alignment padding is left
+    out."""
+    b = ko.read_bytes()
+    shoff, = struct.unpack_from("<Q", b, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", b, 0x3A)
+    shdrs = [struct.unpack_from("<IIQQQQIIQQ", b, shoff + i * shentsize) for i in range(shnum)]
+    names = shdrs[shstrndx][4]
+
+    def name(off, base):
+        return b[base + off:b.index(b"\0", base + off)].decode()
+
+    SHF_ALLOC, SHF_EXECINSTR, SHT_SYMTAB = 2, 4, 2
+    out = {"text": 0, "rodata": 0, "orc": 0, "data": 0, "kallsyms": 0, "functions": 0}
+    init = set()
+    for i, (nm, typ, flags, _, off, size, link, *_rest) in enumerate(shdrs):
+        sec = name(nm, names)
+        if sec.startswith(".init"):
+            init.add(i)
+        elif flags & SHF_ALLOC and flags & SHF_EXECINSTR:
+            out["text"] += size
+        elif flags & SHF_ALLOC and sec.startswith(".rodata"):
+            out["rodata"] += size
+        elif sec.startswith(".orc_unwind"):
+            out["orc"] += size
+        elif flags & SHF_ALLOC and sec.startswith((".data", ".bss")):
+            out["data"] += size
+    for nm, typ, flags, _, off, size, link, *_rest in shdrs:
+        if typ != SHT_SYMTAB:
+            continue
+        strs = shdrs[link][4]
+        out["kallsyms"] += 24 + 2  # symbol 0, always kept
+        for k in range(size // 24):
+            st_name, st_info, _, st_shndx = struct.unpack_from("<IBBH", b, off + k * 24)
+            if not st_name or st_shndx == 0 or st_shndx >= shnum or st_shndx in init:
+                continue
+            flags = shdrs[st_shndx][2]
+            if flags & SHF_ALLOC and flags & SHF_EXECINSTR:
+                out["kallsyms"] += 24 + len(name(st_name, strs)) + 2
+                out["functions"] += st_info & 0xF == 2
+    return out
 
 
 def move(g, target, trace, t_base, timeout=300):
@@ -124,6 +182,7 @@ def compaction(g, ram):
             "irqs_per_page": irqs / migrated if migrated else float("nan"),
             "migrate_scanned": delta.get("compact_migrate_scanned", 0),
             "free_scanned": delta.get("compact_free_scanned", 0),
+            "isolated": delta.get("compact_isolated", 0),
             "busy_secs": busy}
 
 
@@ -132,7 +191,10 @@ def run_driver(g, drv, size, ram, results, traces, t_base):
     g.sh(f"insmod /modules/{module}.ko")
     r = results[drv]
     r["coresize"].append(int(g.run(f"cat /sys/module/{module}/coresize").out))
-    r["ko"].append((TOP / "build/out/release" / f"{module}.ko").stat().st_size)
+    ko = TOP / "build/out/release" / f"{module}.ko"
+    r["ko"].append(ko.stat().st_size)
+    for key, value in sections(ko).items():
+        r[key].append(value)
     trace = []
     secs = move(g, ram - size, trace, t_base)
     r["inflate"].append(size / MiB / secs)

@@ -68,7 +68,6 @@ use kernel::{
         },
         Arc,
         Mutex,
-        MutexGuard,
         SpinLock, //
     },
     time::{
@@ -212,26 +211,31 @@ impl Host<'_> {
     /// Sends the frames of `pages` on `queue` and waits until the host has read them.
     fn tell(
         &self,
-        slot: &mut MutexGuard<'_, Option<PfnBuffer>>,
+        slot: &mut Option<PfnBuffer>,
         queue: QueueId<PfnBuffer>,
-        pages: &mut dyn Iterator<Item = Pfn>,
+        pages: impl IntoIterator<Item = Pfn>,
     ) -> Result {
-        // The buffer is filled in its slot, and leaves it only for the ring: every failure
-        // before that leaves it there for the next request.
-        let buf = (**slot).as_deref_mut().ok_or(EIO)?;
+        // Filled in its slot, which it leaves only for the ring: a failure leaves it there.
+        let buf = slot.as_deref_mut().ok_or(EIO)?;
+        let frames = pages.into_iter().flat_map(Pfn::frames_4k);
         let mut n = 0;
-        for frame in pages.flat_map(Pfn::frames_4k).take(PFNS_PER_REQUEST) {
-            buf[n] = le::U32::new(u32::try_from(frame)?);
+        for (entry, frame) in buf.iter_mut().zip(frames) {
+            *entry = le::U32::new(u32::try_from(frame)?);
             n += 1;
         }
+        self.send(slot, queue, n)
+    }
+
+    /// Sends the buffer's first `n` frames as `tell` does; not generic over the pages.
+    fn send(&self, slot: &mut Option<PfnBuffer>, queue: QueueId<PfnBuffer>, n: usize) -> Result {
         let mut vq = self.vqs.lock(queue)?;
         let buf = slot.take().ok_or(EIO)?;
         if let Err((err, buf)) = vq.add_outbuf(buf, n * size_of::<le::U32>(), GFP_KERNEL) {
-            **slot = Some(buf);
+            *slot = Some(buf);
             return Err(err);
         }
         vq.kick();
-        **slot = Some(vq.wait_buf()?.buf);
+        *slot = Some(vq.wait_buf()?.buf);
         Ok(())
     }
 }
@@ -246,12 +250,11 @@ impl balloon::MigrationHandler for Host<'_> {
         let Some(mut slot) = self.pfns.try_lock() else {
             return Migration::Busy;
         };
-        let (mut new_pfn, mut old_pfn) = ([new.pfn()].into_iter(), [old.pfn()].into_iter());
-        if self.tell(&mut slot, INFLATE, &mut new_pfn).is_err() {
+        if self.tell(&mut slot, INFLATE, [new.pfn()]).is_err() {
             return Migration::Busy;
         }
         // The host has the new page: the old one leaves the balloon whatever happens now.
-        let _ = self.tell(&mut slot, DEFLATE, &mut old_pfn);
+        let _ = self.tell(&mut slot, DEFLATE, [old.pfn()]);
         Migration::Migrated
     }
 }
@@ -295,7 +298,7 @@ impl Shared<'_> {
             return Ok(0);
         }
         self.host()
-            .tell(&mut self.host().pfns.lock(), INFLATE, &mut list.pfns())?;
+            .tell(&mut self.host().pfns.lock(), INFLATE, list.pfns())?;
         Ok(self.balloon.enqueue_list(list.as_mut()))
     }
 
@@ -305,7 +308,7 @@ impl Shared<'_> {
         let mut slot = self.host().pfns.lock();
         let n = self.balloon.dequeue_list(list.as_mut(), count);
         if n != 0 {
-            if let Err(e) = self.host().tell(&mut slot, DEFLATE, &mut list.pfns()) {
+            if let Err(e) = self.host().tell(&mut slot, DEFLATE, list.pfns()) {
                 // The device is gone or broken: the pages are the guest's again either way.
                 dev_warn!(self.dev, "deflating {} pages untold: {:?}\n", n, e);
             }
@@ -468,9 +471,7 @@ impl workqueue::ScopedHandler for Shared<'_> {
 /// Hinted blocks are the guest's to take back whenever it needs memory; counted in pages.
 impl shrinker::Shrinker for Shared<'_> {
     fn count(&self) -> usize {
-        self.hints
-            .as_ref()
-            .map_or(0, |h| h.held.load(Relaxed) * HINT_PAGES)
+        (self.hints.as_ref()).map_or(0, |h| h.held.load(Relaxed) * HINT_PAGES)
     }
 
     fn scan(&self, nr_to_scan: usize) -> Option<usize> {
@@ -536,8 +537,7 @@ impl Hints {
     }
 
     fn keep(&self, block: Pages) {
-        let mut blocks = self.blocks.lock();
-        if blocks.as_mut().push(block).is_ok() {
+        if self.blocks.lock().as_mut().push(block).is_ok() {
             self.held.add(1, Relaxed);
         }
     }

@@ -42,7 +42,10 @@
 //! on the list, a fence is only allocated (which may enter reclaim, which never waits for a
 //! device lock) and added: whoever arms it waits for nothing that remove holds.
 
-use core::marker::PhantomData;
+use core::{
+    marker::PhantomData,
+    mem::ManuallyDrop, //
+};
 
 use crate::{
     bindings,
@@ -96,8 +99,17 @@ impl PinnedDrop for Ending {
 /// once, or, if the device is being unbound, waits until the unbinding did.
 #[must_use = "dropping the fence ends its registration"]
 pub struct UnbindFence {
-    /// Never read: dropping it is what the fence does.
-    _ending: Devres<Ending>,
+    /// Only dropped: that is what the fence does. Dropped by hand, so that the drop of a
+    /// `Devres<Ending>` is made once, here, and not in each driver's module.
+    ending: ManuallyDrop<Devres<Ending>>,
+}
+
+impl Drop for UnbindFence {
+    #[inline(never)]
+    fn drop(&mut self) {
+        // SAFETY: `ending` is dropped once, here, and not used after.
+        unsafe { ManuallyDrop::drop(&mut self.ending) }
+    }
 }
 
 impl UnbindFence {
@@ -323,18 +335,36 @@ impl<'a, D: AsRef<Device<Bound>>> Binding<'a, D> {
         action: unsafe fn(*mut c_void),
         data: *mut c_void,
     ) -> Result<UnbindFence> {
-        // Admitted, the fence holds off `close()`, so that it is on the device's list before
-        // `devres_release_all()` takes the list.
-        let admission = self.gate.admit()?;
-        // An initialiser, not an `Ending`: should allocating fail, no `Ending` is dropped, so the
-        // action does not run (the caller undoes the registration itself). Once initialised,
-        // nothing in `Devres::new` can fail.
-        // INVARIANT: The caller vouches for `action(data)` until the fence has been dropped.
-        let ending = pin_init!(Ending { action, data });
-        let made = Devres::new(self.dev.as_ref(), ending);
-        drop(admission);
-        Ok(UnbindFence { _ending: made? })
+        // SAFETY: By the safety requirements of this function.
+        unsafe { arm(self.dev.as_ref(), self.gate, action, data) }
     }
+}
+
+/// [`Binding::fence`]'s work, for the device whatever its bus: not generic, so that a driver's
+/// module does not carry a copy of it.
+///
+/// # Safety
+///
+/// As for [`Binding::fence`], with `dev` and `gate` those of the binding.
+unsafe fn arm(
+    dev: &Device<Bound>,
+    gate: &Gate,
+    action: unsafe fn(*mut c_void),
+    data: *mut c_void,
+) -> Result<UnbindFence> {
+    // Admitted, the fence holds off `close()`, so that it is on the device's list before
+    // `devres_release_all()` takes the list.
+    let admission = gate.admit()?;
+    // An initialiser, not an `Ending`: should allocating fail, no `Ending` is dropped, so the
+    // action does not run (the caller undoes the registration itself). Once initialised,
+    // nothing in `Devres::new` can fail.
+    // INVARIANT: The caller vouches for `action(data)` until the fence has been dropped.
+    let ending = pin_init!(Ending { action, data });
+    let made = Devres::new(dev, ending);
+    drop(admission);
+    Ok(UnbindFence {
+        ending: ManuallyDrop::new(made?),
+    })
 }
 
 #[cfg(CONFIG_KUNIT)]

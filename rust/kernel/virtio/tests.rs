@@ -6,13 +6,38 @@
 mod kunit {
     use crate::{
         prelude::*,
+        sync::{
+            atomic::{
+                Acquire,
+                Atomic,
+                Relaxed,
+                Release, //
+            },
+            Arc,
+            Completion, //
+        },
+        time::{
+            Delta,
+            Instant,
+            Monotonic, //
+        },
         virtio::{
             config::access_width,
             features::raw_table,
+            work::{
+                take_published,
+                with_published, //
+            },
             Buffer,
             Feature,
             QueueId,
             QueueInfo, //
+        },
+        workqueue::{
+            self,
+            new_scoped_work,
+            ScopedHandler,
+            WorkQueue, //
         },
     };
 
@@ -85,6 +110,115 @@ mod kunit {
         // SAFETY: `token` comes from `into_raw` of the same type and is not used again.
         let back = unsafe { <KBox<[u32; 16]> as Buffer>::from_raw(token) };
         assert_eq!(back[15], 7);
+        Ok(())
+    }
+
+    /// A reader of a published pointer that stays in its critical section while the pointer is
+    /// taken, as a leaked registration's `schedule_work()` might between its load and its
+    /// `queue_work_on()`.
+    #[pin_data]
+    struct SlowReader {
+        published: Atomic<*mut c_void>,
+        #[pin]
+        entered: Completion,
+        /// Set by the test just before it takes the pointer.
+        taking: Atomic<bool>,
+        /// Whether the reader saw `taking` while in its critical section: only then did the two
+        /// run at once (the test thread may have had to wait for the reader's CPU, as an RCU
+        /// reader is not preempted with `PREEMPT_RCU=n`).
+        overlapped: Atomic<bool>,
+        /// What the reader found behind the pointer; 0 if it found no pointer.
+        seen: Atomic<u64>,
+        /// Set by the reader as the last thing in its critical section.
+        left: Atomic<bool>,
+    }
+
+    /// Spins for up to `ms` milliseconds, or until `until` returns true; returns whether it did.
+    fn spin(ms: i64, until: impl Fn() -> bool) -> bool {
+        let start = Instant::<Monotonic>::now();
+        while start.elapsed() < Delta::from_millis(ms) {
+            if until() {
+                return true;
+            }
+            crate::processor::cpu_relax();
+        }
+        until()
+    }
+
+    impl ScopedHandler for SlowReader {
+        fn run(&self) {
+            let seen = with_published(&self.published, |ptr| {
+                self.entered.complete_all();
+                // Busy, as a read-side critical section must not sleep: until the test is
+                // taking the pointer, then long enough for taking it to return were it not
+                // waiting for this reader.
+                let overlapped = spin(1000, || self.taking.load(Acquire));
+                self.overlapped.store(overlapped, Relaxed);
+                spin(200, || false);
+                // SAFETY: `with_published` keeps what `ptr` points at, a `u64`, allocated.
+                let v = unsafe { ptr.cast::<u64>().read_volatile() };
+                self.left.store(true, Release);
+                v
+            });
+            self.seen.store(seen.unwrap_or(0), Relaxed);
+            if seen.is_none() {
+                self.entered.complete_all();
+            }
+        }
+    }
+
+    /// One race of a reader against taking the pointer it reads; returns whether the two
+    /// overlapped.
+    fn race_once() -> Result<bool> {
+        const CANARY: u64 = 0x5a5a_f00d;
+        let data = KBox::into_raw(KBox::new(CANARY, GFP_KERNEL)?);
+        let reader = Arc::pin_init(
+            pin_init!(SlowReader {
+                published: Atomic::new(data.cast()),
+                entered <- Completion::new(),
+                taking: Atomic::new(false),
+                overlapped: Atomic::new(false),
+                seen: Atomic::new(0),
+                left: Atomic::new(false),
+            }),
+            GFP_KERNEL,
+        )?;
+        // Unbound: a per-CPU workqueue would report the busy reader as hogging its CPU.
+        let queue = WorkQueue::System(workqueue::system_unbound());
+        let work = KBox::pin_init(new_scoped_work!(reader.clone(), queue), GFP_KERNEL)?;
+        assert!(work.queue());
+        reader.entered.wait_for_completion();
+
+        // The reader is inside its critical section: taking the pointer waits until it left.
+        reader.taking.store(true, Release);
+        let taken = take_published(&reader.published);
+        assert!(reader.left.load(Acquire));
+        assert_eq!(taken, data.cast());
+        // SAFETY: `data` comes from `KBox::into_raw`, and nobody reads it any more.
+        drop(unsafe { KBox::from_raw(data) });
+        // Waits for the reader to finish.
+        drop(work);
+        assert_eq!(reader.seen.load(Relaxed), CANARY);
+        // Once taken, a reader finds nothing.
+        assert!(with_published(&reader.published, |_| ()).is_none());
+        Ok(reader.overlapped.load(Relaxed))
+    }
+
+    /// The pair `Device::schedule_work()` and remove use (`with_published`, `take_published`):
+    /// taking the pointer returns only once a reader that loaded it is done with it.
+    #[test]
+    fn taking_a_published_pointer_waits_for_its_readers() -> Result {
+        // The scheduler may run the test thread on the reader's CPU, after the reader: the case
+        // proves nothing then, and is run again.
+        let mut overlapped = false;
+        for _ in 0..5 {
+            if race_once()? {
+                overlapped = true;
+                break;
+            }
+        }
+        // Fails if the reader never ran while the pointer was being taken.
+        assert!(overlapped);
         Ok(())
     }
 }

@@ -727,12 +727,43 @@ impl<'a> Inner<'a> {
     /// `priv`.
     unsafe fn new(
         dev: &'a Device<device::Bound>,
-        (positions, queues): (KVec<usize>, KVec<Queue>),
+        parts: (KVec<usize>, KVec<Queue>),
         this: *mut c_void,
         callback: VqCallback,
     ) -> impl PinInit<Self, Error> + 'a {
+        let init = move |slot: *mut Self| {
+            // SAFETY: The closure of `pin_init_from_closure` is only called by `PinInit::__init`
+            // of the initialiser it makes, whose caller guarantees what `raw_try_init` needs:
+            // `slot` is valid uninitialised memory, untouched after an error, and pinned. The
+            // rest by the safety requirements of this function.
+            unsafe { Self::init(slot, dev, parts, this, callback) }
+        };
+        // SAFETY: `Inner::init` returns `Ok` only with every field of `slot` initialised, and
+        // on an error leaves nothing of it initialised; it keeps the pinning invariants (see
+        // its guarantees).
+        unsafe { pin_init::pin_init_from_closure(init) }
+    }
+
+    /// [`Inner::new`]'s initialiser, out of line: a driver's module, where the initialiser of its
+    /// `Virtqueues` is made, does not carry a copy of it (the saving is the generic
+    /// initialiser's code; `inline(never)` only makes it explicit).
+    ///
+    /// Returns the result of a `try_pin_init!` initialiser run on `slot`: on `Ok` every field is
+    /// initialised, on an error what was initialised is dropped again, and the value is pinned.
+    ///
+    /// # Safety
+    ///
+    /// As for `pin_init::raw_try_init` with `slot`, and as for [`Inner::new`] with the rest.
+    #[inline(never)]
+    unsafe fn init(
+        slot: *mut Self,
+        dev: &'a Device<device::Bound>,
+        (positions, queues): (KVec<usize>, KVec<Queue>),
+        this: *mut c_void,
+        callback: VqCallback,
+    ) -> Result {
         let count = queues.len();
-        try_pin_init!(Self {
+        let init = try_pin_init!(Self {
             head: Head {
                 slots: KBox::pin_slice(|_| Slot::new(), count, GFP_KERNEL)?,
                 quiesce: Quiesce::new()?,
@@ -745,7 +776,9 @@ impl<'a> Inner<'a> {
             live: Atomic::new(true),
             callback,
             _pin: PhantomPinned,
-        }? Error)
+        }? Error);
+        // SAFETY: By the safety requirements of this function.
+        unsafe { pin_init::raw_try_init(slot, init) }
     }
 
     /// The transport's numbering of `queues`: it numbers only the named ones, in order.

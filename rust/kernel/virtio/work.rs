@@ -236,26 +236,45 @@ impl<'bound> Head<'bound> {
     }
 }
 
+/// `dev`'s driver data pointer, as readers that may race with its store see it.
+fn slot<Ctx: device::DeviceContext>(dev: &device::Device<Ctx>) -> &Atomic<*mut c_void> {
+    // SAFETY: `dev` is a valid device, whose `driver_data` lives as long as the borrow. While
+    // readers may race with a store, it is only accessed atomically: by `publish`, `unpublish`
+    // and `Device::schedule_work`. The driver core's plain `dev_set_drvdata(dev, NULL)` in
+    // `device_unbind_cleanup()` comes after the devres actions ran and the queues were deleted,
+    // when nothing reads it any more.
+    unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) }
+}
+
 /// Stores `ptr` as `dev`'s driver data, with release ordering.
 fn publish(dev: &device::Device<device::CoreInternal<'_>>, ptr: *mut c_void) {
-    // SAFETY: `dev` is a valid device, and its `driver_data` is only accessed atomically by
-    // readers that may race with this store.
-    let slot = unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) };
-    slot.store(ptr, Release);
+    slot(dev).store(ptr, Release);
 }
 
 /// Clears `dev`'s driver data and returns what it was, once nobody uses it.
 ///
-/// The pointer is cleared atomically, as [`Device::schedule_work`] may still read it from a
-/// queue callback until the driver's queues are deleted, or from a leaked registration until
-/// the device's devres actions run; after a grace period, nobody uses the old pointer.
+/// [`Device::schedule_work`] may still read the pointer from a queue callback until the driver's
+/// queues are deleted, or from a leaked registration until the device's devres actions run.
 fn unpublish(dev: &device::Device<device::CoreInternal<'_>>) -> *mut c_void {
-    // SAFETY: `dev` is a valid device, and its `driver_data` is only accessed atomically by
-    // readers that may race with this store.
-    let slot = unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) };
+    take_published(slot(dev))
+}
+
+/// Calls `f` with the pointer published in `slot`, if there is one, within one RCU read-side
+/// critical section: if whoever frees what it points at first clears `slot` with
+/// [`take_published`], that stays allocated until `f` returns. `f` must not sleep.
+pub(super) fn with_published<R>(
+    slot: &Atomic<*mut c_void>,
+    f: impl FnOnce(NonNull<c_void>) -> R,
+) -> Option<R> {
+    let _guard = rcu::read_lock();
+    NonNull::new(slot.load(Acquire)).map(f)
+}
+
+/// Clears `slot` and returns what it held, once no [`with_published`] call uses it any more.
+pub(super) fn take_published(slot: &Atomic<*mut c_void>) -> *mut c_void {
     let ptr = slot.xchg(core::ptr::null_mut(), Relaxed);
-    // `schedule_work()` reads the pointer and queues the work within one RCU read-side critical
-    // section: once this returns, none uses `ptr` any more.
+    // A `with_published` call that loaded `ptr` is inside a read-side critical section, which
+    // ends before the grace period does.
     synchronize_rcu();
     ptr
 }
@@ -276,32 +295,26 @@ impl Device<device::Bound> {
     /// still probing (the adapter runs the work once after probe) or unbinding. Callable from any
     /// context, including interrupt handlers.
     pub fn schedule_work(&self) -> bool {
-        // SAFETY: `self` is a valid device; `driver_data` is published with release ordering by
-        // `Private::publish`.
-        let slot = unsafe { Atomic::from_ptr(&raw mut (*self.as_raw()).dev.driver_data) };
-        // Holds off the freeing of the driver data (`Private::unpublish`), and the final
-        // `relax()` of remove, until queued and accounted for.
-        let guard = rcu::read_lock();
-        let ptr = slot.load(Acquire);
-        if ptr.is_null() {
-            return false;
-        }
-        // `Private::unpublish` clears the pointer and waits for a grace period before the
-        // `Private` is freed: it is allocated until `guard` is dropped.
-        // SAFETY: The driver data of a Rust virtio driver is a `Private` with its work item at
-        // offset 0, allocated (above); `system_freezable_wq` lives forever.
-        let queued = unsafe {
-            bindings::queue_work_on(
-                bindings::wq_misc_consts_WORK_CPU_UNBOUND as c_int,
-                bindings::system_freezable_wq,
-                ptr.cast(),
-            )
-        };
-        if queued {
-            self.stay_awake();
-        }
-        drop(guard);
-        queued
+        let published = slot(self.as_ref());
+        // Within the critical section, `Private::unpublish` cannot free the driver data, nor
+        // remove do its final `relax()`, before the work is queued and accounted for.
+        with_published(published, |ptr| {
+            // SAFETY: The driver data of a Rust virtio driver is a `Private` with its work item
+            // at offset 0, allocated until `with_published` returns; `system_freezable_wq`
+            // lives forever.
+            let queued = unsafe {
+                bindings::queue_work_on(
+                    bindings::wq_misc_consts_WORK_CPU_UNBOUND as c_int,
+                    bindings::system_freezable_wq,
+                    ptr.as_ptr().cast(),
+                )
+            };
+            if queued {
+                self.stay_awake();
+            }
+            queued
+        })
+        .unwrap_or(false)
     }
 
     /// Holds the device's wakeup source, if it has one (`pm_stay_awake()`).
