@@ -58,6 +58,8 @@ mod buffer;
 mod config;
 mod features;
 mod id;
+#[cfg(CONFIG_RUST_VIRTIO_PM_KUNIT_TEST)]
+mod pm_tests;
 #[cfg(CONFIG_KUNIT)]
 mod tests;
 pub mod virtqueue;
@@ -292,8 +294,9 @@ impl<T: Driver + 'static> Adapter<T> {
     extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
         // INVARIANT: `vdev` is valid for the duration of `freeze_callback()`.
         //
-        // SAFETY: The virtio bus only calls freeze with a valid pointer to a `struct
-        // virtio_device` whose driver is bound, with the device lock held.
+        // SAFETY: The transport's PM callback only calls freeze with a valid pointer to a
+        // `struct virtio_device` whose driver is bound, with the transport's device lock held and
+        // probing blocked, so that the driver stays bound.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // SAFETY: The device is bound, so `probe_callback` has stored a

@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! KUnit test of system sleep through the virtio adapter, on a real device.
+//!
+//! A test driver binds the first virtio balloon no driver has bound (on the test machine its
+//! drivers are modules, so nothing else has when KUnit runs at boot), and is frozen and restored
+//! the way `virtio_pci`'s PM callbacks do it: `virtio_device_freeze()` and
+//! `virtio_device_restore()` under the transport's device lock. Enabled by
+//! `CONFIG_RUST_VIRTIO_PM_KUNIT_TEST`, which needs such a device.
+
+#[macros::kunit_tests(rust_kernel_virtio_pm)]
+mod kunit {
+    use crate::{
+        bindings,
+        device::{
+            Bound,
+            Core, //
+        },
+        device_id::IdArray,
+        devres::Binding,
+        driver,
+        prelude::*,
+        sync::atomic::{
+            Acquire,
+            Atomic,
+            Relaxed,
+            Release, //
+        },
+        virtio::{
+            Adapter,
+            Device,
+            DeviceId,
+            Driver,
+            Feature,
+            IdTable,
+            QueueId,
+            QueueInfo,
+            Virtqueues, //
+        },
+        LocalModule,
+        ModuleMetadata, //
+    };
+    use core::ptr;
+
+    const INFLATE: QueueId<KBox<[u32; 1]>> = QueueId::new(0);
+
+    /// Whether the driver's `freeze` forgets to freeze its queues.
+    static FORGET: Atomic<bool> = Atomic::new(false);
+    /// The device the driver bound, with a reference the test puts; null until probe.
+    static BOUND: Atomic<*mut bindings::virtio_device> = Atomic::new(ptr::null_mut());
+    /// How many times `restore` succeeded.
+    static RESTORED: Atomic<u32> = Atomic::new(0);
+
+    // Not exported as a module device table: no alias should name this driver.
+    static SUSPENDER_TABLE: IdArray<DeviceId, (), 1> =
+        IdArray::new_without_index([DeviceId::new(DeviceId::BALLOON)]);
+
+    /// A driver with one queue, whose `freeze` does its job unless told to forget it.
+    struct Suspender;
+
+    #[vtable]
+    impl Driver for Suspender {
+        type Data<'bound> = Virtqueues<'bound, ()>;
+
+        const ID_TABLE: IdTable = &SUSPENDER_TABLE;
+        const FEATURES: &'static [Feature] = &[];
+
+        fn probe<'bound>(
+            dev: &'bound Device<Core<'_>>,
+            binding: Binding<'bound, Device<Bound>>,
+        ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+            let vdev = dev.as_raw();
+            Virtqueues::new(dev, binding, &[QueueInfo::new(INFLATE, c"inflate")], ()).pin_chain(
+                move |_| {
+                    // SAFETY: `vdev` is a valid device; the test puts the reference.
+                    unsafe { bindings::get_device(&raw mut (*vdev).dev) };
+                    BOUND.store(vdev, Release);
+                    Ok(())
+                },
+            )
+        }
+
+        fn freeze<'bound>(dev: &'bound Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) -> Result {
+            if FORGET.load(Relaxed) {
+                return Ok(());
+            }
+            this.freeze(dev)
+        }
+
+        fn restore<'bound>(
+            dev: &'bound Device<Core<'_>>,
+            this: Pin<&Self::Data<'bound>>,
+        ) -> Result {
+            this.restore(dev)?;
+            RESTORED.add(1, Relaxed);
+            Ok(())
+        }
+    }
+
+    /// Runs `f` on `vdev` with its transport's device lock held, as the PM core calls a
+    /// transport's freeze and restore, and with `vdev`'s own lock held too, which the PM core
+    /// does not take: it blocks probing and has user space frozen instead, and this test may run
+    /// again from debugfs while sysfs can unbind the driver.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` is registered, has a parent and is bound to [`Suspender`], and the caller holds a
+    /// reference to it. `f` is `virtio_device_freeze`, or `virtio_device_restore` right after a
+    /// successful freeze.
+    unsafe fn with_transport_locked(
+        vdev: *mut bindings::virtio_device,
+        f: unsafe extern "C" fn(*mut bindings::virtio_device) -> c_int,
+    ) -> c_int {
+        // SAFETY: By the safety requirements `vdev` is valid, and so is its parent, which a
+        // registered device keeps a reference to.
+        let (parent, own) = unsafe {
+            (
+                &raw mut (*(*vdev).dev.parent).mutex,
+                &raw mut (*vdev).dev.mutex,
+            )
+        };
+        // SAFETY: Both are initialised device mutexes; parent before child, as the driver core
+        // nests them.
+        unsafe {
+            bindings::mutex_lock(parent);
+            bindings::mutex_lock(own);
+        }
+        // SAFETY: `vdev` is bound, stays so under its lock, and the transport's lock is held, as
+        // its PM callbacks hold it; `f` is called in the order the safety requirements give.
+        let ret = unsafe { f(vdev) };
+        // SAFETY: Taken above.
+        unsafe {
+            bindings::mutex_unlock(own);
+            bindings::mutex_unlock(parent);
+        }
+        ret
+    }
+
+    /// A driver whose `freeze` leaves its queues running would let the device use guest memory
+    /// across the suspend: the adapter refuses it with `EBUSY`. A `freeze` that freezes them
+    /// suspends, and `restore` brings them back.
+    #[test]
+    fn a_freeze_that_leaves_the_queues_live_is_refused() -> Result {
+        FORGET.store(false, Relaxed);
+        BOUND.store(ptr::null_mut(), Relaxed);
+        RESTORED.store(0, Relaxed);
+        let reg = KBox::pin_init(
+            driver::Registration::<Adapter<Suspender>>::new(
+                c"rust_kunit_virtio_pm",
+                &LocalModule::THIS_MODULE,
+            ),
+            GFP_KERNEL,
+        )?;
+        let vdev = BOUND.load(Acquire);
+        // A failed assertion ends the test thread without running destructors: the results are
+        // collected first, the driver unregistered, and only then checked.
+        let (mut frozen, mut restored, mut refused) = (None, None, None);
+        if !vdev.is_null() {
+            // SAFETY: `vdev` is bound to `Suspender`, with a reference held since its probe,
+            // and has a parent (its transport); restore follows only a successful freeze.
+            unsafe {
+                frozen = Some(with_transport_locked(vdev, bindings::virtio_device_freeze));
+                if frozen == Some(0) {
+                    restored = Some(with_transport_locked(vdev, bindings::virtio_device_restore));
+                }
+            }
+            FORGET.store(true, Relaxed);
+            // SAFETY: As above.
+            refused = Some(unsafe { with_transport_locked(vdev, bindings::virtio_device_freeze) });
+        }
+        // A refused freeze leaves the device working: it unbinds as usual.
+        drop(reg);
+        if !vdev.is_null() {
+            // SAFETY: The reference taken in probe.
+            unsafe { bindings::put_device(&raw mut (*vdev).dev) };
+        }
+
+        // The guest has a free virtio balloon, and the driver bound it.
+        assert!(!vdev.is_null());
+        assert_eq!(frozen, Some(0));
+        assert_eq!(restored, Some(0));
+        assert_eq!(RESTORED.load(Relaxed), 1);
+        // Fails without the adapter's check of the queues after `freeze`.
+        assert_eq!(refused, Some(EBUSY.to_errno()));
+        Ok(())
+    }
+}
