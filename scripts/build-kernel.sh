@@ -2,9 +2,10 @@
 # SPDX-License-Identifier: GPL-2.0
 # Configure and build one kernel flavour out of tree, then copy its artifacts
 # to build/out/FLAVOUR/.
-#   release: tinyconfig + .config.fragment            (make run, make bench)
-#   debug:   the same + .config.debug.fragment, built with CLIPPY=1
-#            and CONFIG_WERROR                         (make check)
+#   release: tinyconfig + .config.fragment + .config.release.fragment
+#            (the function profiler)                   (make run, make bench)
+#   debug:   tinyconfig + .config.fragment + .config.debug.fragment, built
+#            with CLIPPY=1 and CONFIG_WERROR           (make check)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -21,6 +22,8 @@ kmake=(make -C "$SRC" O="$O" ARCH="$ARCH" LLVM="$LLVM_SUFFIX"
 if [ "$flavour" = debug ]; then
 	frags+=("$TOP/.config.debug.fragment")
 	kmake+=(CLIPPY=1)
+else
+	frags+=("$TOP/.config.release.fragment")
 fi
 
 # Regenerate .config only when its inputs changed: a rewritten config would
