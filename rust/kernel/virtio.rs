@@ -294,9 +294,11 @@ impl<T: Driver + 'static> Adapter<T> {
     extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
         // INVARIANT: `vdev` is valid for the duration of `freeze_callback()`.
         //
-        // SAFETY: The transport's PM callback only calls freeze with a valid pointer to a
-        // `struct virtio_device` whose driver is bound, with the transport's device lock held and
-        // probing blocked, so that the driver stays bound.
+        // SAFETY: A transport's PM callback only calls freeze with a valid pointer to a `struct
+        // virtio_device` whose driver is bound, during a sleep transition with the transport's
+        // device lock held: the driver stays bound, since user space, which starts unbinds, is
+        // frozen and the transport cannot be removed. (The KUnit caller holds the device's own
+        // lock instead.)
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // SAFETY: The device is bound, so `probe_callback` has stored a
@@ -325,7 +327,7 @@ impl<T: Driver + 'static> Adapter<T> {
     /// back, and the driver's queues would not work after resume: refuse to suspend instead.
     #[cfg(CONFIG_PM_SLEEP)]
     extern "C" fn refuse_freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
-        // SAFETY: The virtio bus only calls freeze with a valid pointer to a `struct
+        // SAFETY: A transport only calls freeze with a valid pointer to a `struct
         // virtio_device` whose driver is bound.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
         dev_warn!(dev.as_ref(), "driver does not support suspend\n");

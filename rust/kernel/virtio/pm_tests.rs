@@ -2,8 +2,8 @@
 
 //! KUnit test of system sleep through the virtio adapter, on a real device.
 //!
-//! A test driver binds the first virtio balloon no driver has bound (on the test machine its
-//! drivers are modules, so nothing else has when KUnit runs at boot), and is frozen and restored
+//! A test driver binds a virtio balloon no driver has bound (on the test machine its drivers
+//! are modules, so nothing else has when KUnit runs at boot), and is frozen and restored
 //! the way `virtio_pci`'s PM callbacks do it: `virtio_device_freeze()` and
 //! `virtio_device_restore()` under the transport's device lock. Enabled by
 //! `CONFIG_RUST_VIRTIO_PM_KUNIT_TEST`, which needs such a device.
@@ -19,6 +19,7 @@ mod kunit {
         device_id::IdArray,
         devres::Binding,
         driver,
+        module,
         prelude::*,
         sync::atomic::{
             Acquire,
@@ -37,12 +38,12 @@ mod kunit {
             QueueInfo,
             Virtqueues, //
         },
-        LocalModule,
-        ModuleMetadata, //
+        LocalModule, //
     };
     use core::ptr;
 
     const INFLATE: QueueId<KBox<[u32; 1]>> = QueueId::new(0);
+    const DRIVER_NAME: &CStr = c"rust_kunit_virtio_pm";
 
     /// Whether the driver's `freeze` forgets to freeze its queues.
     static FORGET: Atomic<bool> = Atomic::new(false);
@@ -72,9 +73,12 @@ mod kunit {
             let vdev = dev.as_raw();
             Virtqueues::new(dev, binding, &[QueueInfo::new(INFLATE, c"inflate")], ()).pin_chain(
                 move |_| {
+                    // One device only: another free balloon stays unbound.
+                    BOUND
+                        .cmpxchg(ptr::null_mut(), vdev, Release)
+                        .map_err(|_| EBUSY)?;
                     // SAFETY: `vdev` is a valid device; the test puts the reference.
                     unsafe { bindings::get_device(&raw mut (*vdev).dev) };
-                    BOUND.store(vdev, Release);
                     Ok(())
                 },
             )
@@ -100,13 +104,13 @@ mod kunit {
     /// Runs `f` on `vdev` with its transport's device lock held, as the PM core calls a
     /// transport's freeze and restore, and with `vdev`'s own lock held too, which the PM core
     /// does not take: it blocks probing and has user space frozen instead, and this test may run
-    /// again from debugfs while sysfs can unbind the driver.
+    /// again from debugfs while sysfs can unbind the driver. Returns `-ENODEV` without calling
+    /// `f` unless, with both locks held, the device is bound to [`Suspender`].
     ///
     /// # Safety
     ///
-    /// `vdev` is registered, has a parent and is bound to [`Suspender`], and the caller holds a
-    /// reference to it. `f` is `virtio_device_freeze`, or `virtio_device_restore` right after a
-    /// successful freeze.
+    /// `vdev` is registered and has a parent, and the caller holds a reference to it. `f` is
+    /// `virtio_device_freeze`, or `virtio_device_restore` right after a successful freeze.
     unsafe fn with_transport_locked(
         vdev: *mut bindings::virtio_device,
         f: unsafe extern "C" fn(*mut bindings::virtio_device) -> c_int,
@@ -125,9 +129,20 @@ mod kunit {
             bindings::mutex_lock(parent);
             bindings::mutex_lock(own);
         }
-        // SAFETY: `vdev` is bound, stays so under its lock, and the transport's lock is held, as
-        // its PM callbacks hold it; `f` is called in the order the safety requirements give.
-        let ret = unsafe { f(vdev) };
+        // SAFETY: `vdev` is valid (safety requirements), and its driver only changes under its
+        // lock, which we hold; a bound driver has a name.
+        let ours = unsafe {
+            let drv = (*vdev).dev.driver;
+            !drv.is_null() && CStr::from_char_ptr((*drv).name) == DRIVER_NAME
+        };
+        let ret = if ours {
+            // SAFETY: `vdev` is bound to `Suspender` and stays so under its lock, and the
+            // transport's lock is held, as its PM callbacks hold it; `f` is called in the order
+            // the safety requirements give.
+            unsafe { f(vdev) }
+        } else {
+            ENODEV.to_errno()
+        };
         // SAFETY: Taken above.
         unsafe {
             bindings::mutex_unlock(own);
@@ -146,8 +161,8 @@ mod kunit {
         RESTORED.store(0, Relaxed);
         let reg = KBox::pin_init(
             driver::Registration::<Adapter<Suspender>>::new(
-                c"rust_kunit_virtio_pm",
-                &LocalModule::THIS_MODULE,
+                DRIVER_NAME,
+                module::this_module::<LocalModule>(),
             ),
             GFP_KERNEL,
         )?;
@@ -164,9 +179,13 @@ mod kunit {
                     restored = Some(with_transport_locked(vdev, bindings::virtio_device_restore));
                 }
             }
-            FORGET.store(true, Relaxed);
-            // SAFETY: As above.
-            refused = Some(unsafe { with_transport_locked(vdev, bindings::virtio_device_freeze) });
+            // A device left frozen by a failed restore is not tried again.
+            if restored == Some(0) {
+                FORGET.store(true, Relaxed);
+                // SAFETY: As above.
+                refused =
+                    Some(unsafe { with_transport_locked(vdev, bindings::virtio_device_freeze) });
+            }
         }
         // A refused freeze leaves the device working: it unbinds as usual.
         drop(reg);

@@ -529,8 +529,10 @@ impl Quiesce {
     ///
     /// `vdev` is a valid device, the one whose queues `self` belongs to, and `stop` stops it as
     /// `virtio_reset_device()` does. Nothing else sets the device's status meanwhile: the
-    /// caller holds the device lock, or the driver is being unbound and the unbinding thread,
-    /// which holds it, waits for the caller.
+    /// caller runs in one of the driver's callbacks, which the virtio core calls one at a time
+    /// (probe and remove under the device lock; freeze and restore under the transport's,
+    /// during a sleep transition, when no probe or unbind runs), or the driver is being unbound
+    /// and the unbinding thread, which holds the device lock, waits for the caller.
     unsafe fn stop(&self, vdev: *mut bindings::virtio_device, when: When, stop: impl FnOnce()) {
         let guard = self.lock.lock();
         if when == When::Always || !self.done() {
@@ -858,7 +860,8 @@ impl<'a> Inner<'a> {
 
     /// [`Virtqueues::freeze`]'s work.
     fn freeze(&self, dev: &Device<device::Core<'_>>) -> Result {
-        // `dev` proves the device lock is held: freeze and restore never race each other.
+        // `dev` proves that a driver callback runs: freeze and restore run one at a time, under
+        // the transport's lock, while no probe or unbind does.
         if dev.as_raw() != self.dev.as_raw() {
             return Err(EINVAL);
         }
@@ -875,11 +878,13 @@ impl<'a> Inner<'a> {
         let vdev = self.dev.as_raw();
         // Only with the device reset may a waiter return and its caller reuse the memory the
         // device had; `reset` wakes them once it is. A reset since the queues were created
-        // (a waiter's, say) is enough: nothing set the status since. Freeze and the fence's
-        // action hold the device lock, and so do remove and a failed probe, where drivers drop
-        // their queues; dropped elsewhere, the reset may race the core (see the type's docs).
+        // (a waiter's, say) is enough: nothing set the status since. Remove, a failed probe
+        // (where drivers drop their queues) and the fence's action at unbind hold the device
+        // lock, and freeze holds the transport's during a sleep transition, when no unbind runs
+        // (see `unbind_action`); dropped elsewhere, the reset may race the core (see the type's
+        // docs).
         // SAFETY: `vdev` is a valid device with queues (`live`), those of `self.head.quiesce`,
-        // and the device lock is held (above).
+        // and one of those callbacks runs (above).
         unsafe { self.head.quiesce.reset(vdev, When::Once) };
         for (queue, slot) in self.queues.iter().zip(self.head.slots.iter()) {
             // Waiters have left: the ring is broken.
