@@ -294,11 +294,10 @@ impl<T: Driver + 'static> Adapter<T> {
     extern "C" fn freeze_callback(vdev: *mut bindings::virtio_device) -> c_int {
         // INVARIANT: `vdev` is valid for the duration of `freeze_callback()`.
         //
+        // The driver stays bound: user space, which starts unbinds, is frozen, and the transport's
+        // lock keeps the transport from being removed. (The KUnit caller holds the device's own.)
         // SAFETY: A transport's PM callback only calls freeze with a valid pointer to a `struct
-        // virtio_device` whose driver is bound, during a sleep transition with the transport's
-        // device lock held: the driver stays bound, since user space, which starts unbinds, is
-        // frozen and the transport cannot be removed. (The KUnit caller holds the device's own
-        // lock instead.)
+        // virtio_device` whose driver is bound, during a sleep transition, as said above.
         let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
 
         // SAFETY: The device is bound, so `probe_callback` has stored a

@@ -734,10 +734,9 @@ impl<'a> Inner<'a> {
         callback: VqCallback,
     ) -> impl PinInit<Self, Error> + 'a {
         let init = move |slot: *mut Self| {
-            // SAFETY: The closure of `pin_init_from_closure` is only called by `PinInit::__init`
-            // of the initialiser it makes, whose caller guarantees what `raw_try_init` needs:
-            // `slot` is valid uninitialised memory, untouched after an error, and pinned. The
-            // rest by the safety requirements of this function.
+            // Only `PinInit::__init` of the initialiser `pin_init_from_closure` makes calls this.
+            // SAFETY: `__init`'s caller guarantees what `raw_try_init` needs: `slot` is valid,
+            // uninitialised, pinned memory, untouched after an error; the rest by ours.
             unsafe { Self::init(slot, dev, parts, this, callback) }
         };
         // SAFETY: `Inner::init` returns `Ok` only with every field of `slot` initialised, and

@@ -238,11 +238,10 @@ impl<'bound> Head<'bound> {
 
 /// `dev`'s driver data pointer, as readers that may race with its store see it.
 fn slot<Ctx: device::DeviceContext>(dev: &device::Device<Ctx>) -> &Atomic<*mut c_void> {
-    // SAFETY: `dev` is a valid device, whose `driver_data` lives as long as the borrow. While
-    // readers may race with a store, it is only accessed atomically: by `publish`, `unpublish`
-    // and `Device::schedule_work`. The driver core's plain `dev_set_drvdata(dev, NULL)` in
-    // `device_unbind_cleanup()` comes after the devres actions ran and the queues were deleted,
-    // when nothing reads it any more.
+    // The driver core's plain `dev_set_drvdata(dev, NULL)` in `device_unbind_cleanup()` comes
+    // after the devres actions ran and the queues were deleted, when nothing reads it any more.
+    // SAFETY: `dev` is valid, and its `driver_data` lives as long as the borrow. Apart from that
+    // store, it is only accessed atomically: by `publish`, `unpublish` and `schedule_work`.
     unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) }
 }
 
