@@ -57,7 +57,7 @@ def test_bind_unbind_through_sysfs(guest, drv):
     module, name = BUS_DRIVERS[drv]
     ram = guest.ram_bytes()
     target = ram - 128 * MiB
-    free0 = guest.free_pages()
+    held = 128 * MiB // PAGE
     guest.balloon(target)
     guest.sh(f"insmod /modules/{module}.ko")
     try:
@@ -65,12 +65,18 @@ def test_bind_unbind_through_sysfs(guest, drv):
         assert bound_driver(guest, dev) == name
         for _ in range(2):
             guest.wait_actual(target, timeout=MOVE_TIMEOUT)
-            assert guest.vmstat()["nr_balloon_pages"] == 128 * MiB // PAGE
-            guest.sh(f"echo {dev} > /sys/bus/virtio/drivers/{name}/unbind")
+            assert guest.vmstat()["nr_balloon_pages"] == held
+            gained = guest.free_gained_by(f"echo {dev} > /sys/bus/virtio/drivers/{name}/unbind")
             assert bound_driver(guest, dev) == ""
             assert guest.actual() == ram
             assert guest.vmstat()["nr_balloon_pages"] == 0
-            assert abs(guest.free_pages() - free0) * PAGE < 16 * MiB
+            # Compared across the unbind alone, where the pages the balloon
+            # held are the only large move: over the whole test free pages
+            # drift by more (4270 pages once, failing a good run of C's). A
+            # single unbind came 1128 pages short once in 12 (C's; the
+            # others were within 130 pages): the guest's own allocations.
+            assert held - 16 * MiB // PAGE < gained < held + 64 * MiB // PAGE, (
+                f"{held} pages in the balloon, {gained} free pages gained by unbind")
             guest.sh(f"echo {dev} > /sys/bus/virtio/drivers/{name}/bind")
             assert bound_driver(guest, dev) == name
         guest.wait_actual(target, timeout=MOVE_TIMEOUT)
