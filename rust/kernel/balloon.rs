@@ -158,7 +158,8 @@ pub enum ManagedPages {
 /// leaked (`mem::forget`) with pages in it goes on calling it. [`Balloon::new`] therefore takes
 /// only handlers that own what they use (`'static`); a handler that borrows driver data takes
 /// [`Balloon::new_for`] and the driver's [`Binding`]: if the balloon is leaked, its pages are
-/// taken back and freed when the device is unbound, before the borrow ends.
+/// taken back and freed when the device is unbound, before the borrow ends, and it takes no page
+/// any more (a page enqueued afterwards, by another leaked part of the driver, is freed).
 ///
 /// ```
 /// use kernel::balloon::{Balloon, ManagedPages, MigrateMode, Migration, MigrationHandler};
@@ -205,9 +206,11 @@ pub enum ManagedPages {
 ///   [`Self::migrate_callback`], and it is pinned: the core links pages to it through
 ///   `page->private`.
 /// - `core.pages` counts the pages in this balloon, on its list or isolated from it for
-///   migration. It is raised before pages join the balloon and lowered after they left it, so
-///   it never falls below the true count; the one exception is a page dropped by a `-ENOENT`
-///   migration, counted out just before the core drops it, while it is still isolated.
+///   migration, below its `CLOSED` bit. It is raised before pages join the balloon and lowered
+///   after they left it, so it never falls below the true count; the one exception is a page
+///   dropped by a `-ENOENT` migration, counted out just before the core drops it, while it is
+///   still isolated. Once the balloon is emptied for good, `CLOSED` is set and no page joins
+///   it any more.
 /// - `fence`, if any, empties the balloon when it is dropped, or at unbind if that comes first.
 #[pin_data(PinnedDrop)]
 pub struct Balloon<H: MigrationHandler> {
@@ -230,6 +233,9 @@ struct Core {
     info: Opaque<bindings::balloon_dev_info>,
     pages: Atomic<usize>,
 }
+
+/// The bit of `Core::pages` that says the balloon was emptied for good: by its drop or its fence.
+const CLOSED: usize = 1 << (usize::BITS - 1);
 
 // SAFETY: The balloon core serialises all access to `info` with its own lock, `pages` is atomic,
 // and `H` is `Send`.
@@ -302,7 +308,7 @@ impl<H: MigrationHandler> Balloon<H> {
     /// Number of pages in the balloon, isolated ones included.
     #[inline]
     pub fn pages(&self) -> usize {
-        self.core.pages.load(Relaxed)
+        self.core.pages()
     }
 
     /// Number of pages isolated for migration at the moment of the call; the figure may change
@@ -314,13 +320,15 @@ impl<H: MigrationHandler> Balloon<H> {
 
     /// Puts a page in the balloon. The page is counted as ballooned (`balloon_inflate`,
     /// `nr_balloon_pages`, and the managed page count if [`ManagedPages::Adjust`]) and may be
-    /// migrated from now on.
+    /// migrated from now on. A balloon emptied at unbind (leaked, see [Leaks](Balloon#leaks))
+    /// takes no page: this one is freed.
     #[inline]
     pub fn enqueue(&self, page: BalloonPage) {
         self.core.enqueue(page)
     }
 
-    /// Puts every page of `list` in the balloon, leaving it empty; returns how many.
+    /// Puts every page of `list` in the balloon, leaving it empty; returns how many. A balloon
+    /// emptied at unbind takes none, and leaves them on `list`.
     #[inline]
     pub fn enqueue_list(&self, list: Pin<&mut PageList>) -> usize {
         self.core.enqueue_list(list)
@@ -417,7 +425,19 @@ impl Core {
     }
 
     fn pages(&self) -> usize {
-        self.pages.load(Relaxed)
+        self.pages.load(Relaxed) & !CLOSED
+    }
+
+    /// Counts `n` pages in, before they join the balloon; `false`, counting nothing, if it is
+    /// closed. The count and the bit share one atomic: `empty()` either sees these pages
+    /// counted, and waits until they have joined and it took them out, or they see it closed.
+    fn admit(&self, n: usize) -> bool {
+        // INVARIANT: Raised before the pages join the balloon, or not at all.
+        if self.pages.fetch_add(n, Relaxed) & CLOSED != 0 {
+            self.pages.fetch_sub(n, Relaxed);
+            return false;
+        }
+        true
     }
 
     fn isolated(&self) -> usize {
@@ -431,9 +451,10 @@ impl Core {
     }
 
     fn enqueue(&self, page: BalloonPage) {
+        if !self.admit(1) {
+            return;
+        }
         let page = page.into_raw();
-        // INVARIANT: Raised before the page joins the balloon.
-        self.pages.add(1, Relaxed);
         // SAFETY: `info` is valid (type invariant); we owned `page`, its `lru` is unused, and
         // the balloon now holds it.
         unsafe { bindings::balloon_page_enqueue(self.info.get(), page.as_ptr()) };
@@ -441,8 +462,9 @@ impl Core {
 
     fn enqueue_list(&self, list: Pin<&mut PageList>) -> usize {
         let n = list.len();
-        // INVARIANT: Raised before the pages join the balloon.
-        self.pages.add(n, Relaxed);
+        if !self.admit(n) {
+            return 0;
+        }
         // SAFETY: `info` is valid (type invariant); `list` is initialised and owns its `n`
         // pages, which the core moves to the balloon, all of them.
         unsafe { bindings::balloon_page_list_enqueue(self.info.get(), list.head()) };
@@ -468,9 +490,14 @@ impl Core {
         done
     }
 
-    /// Takes every page out of the balloon and frees it, waiting for the migrations in flight;
-    /// afterwards no page leads the core to this balloon.
+    /// Takes every page out of the balloon and frees it, waiting for the migrations in flight
+    /// and the pages being enqueued, and closes it; afterwards no page leads the core to it.
     fn empty(&self) {
+        // INVARIANT: Closed for good; the pages being enqueued are counted, and waited for below.
+        let mut pages = self.pages.load(Relaxed);
+        while let Err(now) = self.pages.cmpxchg(pages, pages | CLOSED, Relaxed) {
+            pages = now;
+        }
         let mut left = 0;
         loop {
             stack_pin_init!(let list = PageList::new());

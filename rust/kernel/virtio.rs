@@ -178,8 +178,8 @@ impl<T: Driver + 'static> Adapter<T> {
             }
             let vdev = NonNull::new(vdev).ok_or(EINVAL)?;
             let bound: &Device<device::Bound> = dev;
-            // The binding's first devres action; closed when remove starts, or below if probe
-            // fails, before the devres actions run.
+            // The binding's first devres action; closed at the end of remove, or below if probe
+            // fails, after the driver data is gone and before the devres actions run.
             // SAFETY: Before the driver's probe, so the binding's first devres action; nothing
             // of the driver runs once the devres actions have run (its fences).
             let gate = unsafe { Gate::new(bound.as_ref()) }?;
@@ -192,16 +192,17 @@ impl<T: Driver + 'static> Adapter<T> {
                 GFP_KERNEL,
             )
             .inspect_err(|_| {
-                gate.close();
                 virtqueue::quiesce_leaked(dev);
+                gate.close();
             })?;
             // The virtio core sets `DRIVER_OK` once we return, which it must not on a device a
             // waiter reset (a broken one): fail the probe instead. From now on waiters may no
             // longer reset.
             if virtqueue::callback_window(dev, false) {
                 dev_err!(dev.as_ref(), "the device broke during probe\n");
-                gate.close();
                 drop(data);
+                virtqueue::quiesce_leaked(dev);
+                gate.close();
                 return Err(EIO);
             }
 
@@ -229,8 +230,7 @@ impl<T: Driver + 'static> Adapter<T> {
         // and stored a `Pin<KBox<Private<'_, T>>>`.
         let private = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() };
 
-        // Registrations made from now on (by a leaked one, say) would outlive the binding.
-        private.close_gate();
+        let gate = private.gate();
         // A device removed by surprise has broken rings: its waiters (the work, say) return. A
         // device that no longer answers gets a grace period, then a reset.
         virtqueue::begin_unbind(dev);
@@ -247,6 +247,9 @@ impl<T: Driver + 'static> Adapter<T> {
         if !virtqueue::quiesce_leaked(dev) {
             dev.reset();
         }
+        // What the driver leaked ends now, before the devres actions run (it may use them until
+        // then), and nothing is registered for the binding any more.
+        gate.close();
         // A `schedule_work()` that raced `disable_work()` may have taken the wakeup source after
         // it was let go; nothing can schedule work any more.
         dev.relax();
@@ -590,7 +593,7 @@ impl Device<device::Bound> {
     /// }
     /// ```
     pub fn has_feature(&self, feature: Feature) -> bool {
-        features::negotiated(self.as_raw(), feature)
+        features::negotiated(self, feature)
     }
 }
 

@@ -22,6 +22,15 @@ mod kunit {
             Pfn, //
         },
         bindings,
+        device::{
+            Bound,
+            Device, //
+        },
+        devres::{
+            Binding,
+            Gate, //
+        },
+        faux,
         mm::pages::lru,
         prelude::*,
         sync::atomic::{
@@ -143,6 +152,37 @@ mod kunit {
         // Frees the four pages (and says so); a leak or double free shows up under
         // KASAN/DEBUG_VM, which the test kernel has.
         drop(b);
+        Ok(())
+    }
+
+    /// A leaked balloon is emptied at unbind by its fence, and takes no page afterwards: a page
+    /// that another leaked part of the driver enqueued then would lead compaction to a handler
+    /// whose borrows ended.
+    #[test]
+    fn a_balloon_emptied_at_unbind_takes_no_page() -> Result {
+        let reg = faux::Registration::new(c"rust-balloon-unbind", None)?;
+        let dev: &Device<Bound> = reg.as_ref().as_ref();
+        // SAFETY: The first devres action of the faux device; nothing uses the gate once the
+        // device is unbound (dropped below).
+        let gate = unsafe { Gate::new(dev) }?;
+        // SAFETY: The handler borrows nothing, and the gate is closed before `reg` is dropped.
+        let binding = unsafe { Binding::new(dev, gate) };
+        let b = KBox::pin_init(
+            Balloon::new_for(binding, ManagedPages::Keep, ()),
+            GFP_KERNEL,
+        )?;
+        b.enqueue(BalloonPage::alloc().ok_or(ENOMEM)?);
+        // As the bus does at the end of unbind: the balloon's fence empties it.
+        gate.close();
+        assert_eq!(b.pages(), 0);
+        b.enqueue(BalloonPage::alloc().ok_or(ENOMEM)?);
+        assert_eq!(b.pages(), 0);
+        stack_pin_init!(let list = PageList::new());
+        list.as_mut().push(BalloonPage::alloc().ok_or(ENOMEM)?);
+        assert_eq!(b.enqueue_list(list.as_mut()), 0);
+        assert_eq!((list.len(), b.pages()), (1, 0));
+        drop(b);
+        drop(reg);
         Ok(())
     }
 

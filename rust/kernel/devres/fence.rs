@@ -14,21 +14,25 @@
 //! says `'a` does: a bus abstraction hands one to its driver's probe, and a registration that
 //! takes one accepts only handlers that outlive `'a`.
 //!
+//! # Ending before the devres actions
+//!
+//! A leaked registration's handler may use what a `&Device<Bound>` gives, [`Devres::access`]
+//! included, which is sound only while none of the device's devres actions has run. So fences do
+//! not wait for their place in `devres_release_all()`, which releases nodes newest first, each
+//! fence among the other resources of the binding: the bus closes the binding's [`Gate`] at the
+//! end of its remove (and when probe fails), after the driver's data was dropped and before
+//! `devres_release_all()`, and closing ends every fence still armed, newest first. The release of
+//! a fence's node then finds it ended.
+//!
 //! # Races with unbind
 //!
-//! `devres_release_all()` first takes every node off the device's list, then releases them one
-//! by one. Two things may happen meanwhile, on another thread or in an earlier release:
-//!
-//! - A registration is dropped: [`Devres`] settles this. Its data is revoked once, by the owner
-//!   or by the release, and the one that loses waits on the [`Devres`]' completion. The owner
-//!   never waits for a release that has not started (it revokes first), so a registration
-//!   dropped by an earlier devres action of the same device does not deadlock.
-//! - A registration is made: its node would be added to a list nobody releases any more, and
-//!   its borrows would outlive the binding. [`Devres`] cannot refuse this, as it cannot tell
-//!   that unbinding has started. A bus closes the binding's [`Gate`] when unbinding starts,
-//!   before `devres_release_all()`, and a closed gate arms no fence: making the registration
-//!   fails with `ENODEV`. Closing waits for the fences being armed, so that each is on the
-//!   device's list before `devres_release_all()` takes the list.
+//! - A registration is dropped while the gate closes: [`Devres`] settles this. Its data is
+//!   revoked once, by the owner or by the gate, and the one that loses waits on the [`Devres`]'
+//!   completion. A fence leaves the gate's list only once its action has run, so the gate also
+//!   waits for an owner's ending in progress.
+//! - A registration is made: once the gate is closed its borrows would outlive the binding, and
+//!   a closed gate arms no fence: making the registration fails with `ENODEV`. Closing waits for
+//!   the fences being armed, so that each is on the gate's list before it is ended.
 //!
 //! # Locking
 //!
@@ -38,13 +42,20 @@
 //! kswapd, the allocation draws on the emergency reserves).
 //!
 //! [`Gate::close`] sleeps, in remove, with the device lock held, until the fences being armed
-//! are on the device's list; lockdep does not see this wait. Between being admitted and being
+//! are on the gate's list; lockdep does not see this wait. Between being admitted and being
 //! on the list, a fence is only allocated (which may enter reclaim, which never waits for a
-//! device lock) and added: whoever arms it waits for nothing that remove holds.
+//! device lock) and added: whoever arms it waits for nothing that remove holds. It then runs the
+//! actions of the fences still armed, without the gate's lock, as `devres_release_all()` would
+//! have, in remove with the device lock held.
 
 use core::{
-    marker::PhantomData,
-    mem::ManuallyDrop, //
+    cell::UnsafeCell,
+    marker::{
+        PhantomData,
+        PhantomPinned, //
+    },
+    mem::ManuallyDrop,
+    ptr::null_mut, //
 };
 
 use crate::{
@@ -53,31 +64,47 @@ use crate::{
         Bound,
         Device, //
     },
-    devres::Devres,
+    devres::{
+        Devres,
+        Inner, //
+    },
     error::to_result,
     new_condvar,
     new_mutex,
     prelude::*,
     sync::{
+        Arc,
+        ArcBorrow,
         CondVar,
         Mutex, //
     }, //
 };
 
-/// How a registration ends, run once when its fence is revoked.
+/// How a registration ends, run once when its fence is revoked, and the fence's place on its
+/// gate's list.
 ///
 /// # Invariants
 ///
-/// Calling `action(data)` once, until the [`UnbindFence`] holding this has been dropped, is sound
-/// and ends every use the registration makes of borrowed data.
+/// - Calling `action(data)` once, until the [`UnbindFence`] holding this has been dropped, is
+///   sound and ends every use the registration makes of borrowed data.
+/// - `gate` is the [`Gate`] the fence was armed through, which outlives `self` (it is freed after
+///   it ended every fence armed through it).
+/// - `link` is only accessed under `gate`'s lock; it is on the gate's list from when the fence
+///   is armed until the action has run.
 #[pin_data(PinnedDrop)]
 struct Ending {
     action: unsafe fn(*mut c_void),
     data: *mut c_void,
+    gate: *const Gate,
+    link: UnsafeCell<Link>,
+    /// The gate's list points at `link`.
+    #[pin]
+    _pin: PhantomPinned,
 }
 
 // SAFETY: `Binding::fence`'s caller vouches that the action may run on the thread that unbinds
-// the device or on the one that drops the fence, whichever it is.
+// the device or on the one that drops the fence, whichever it is; `gate` is `Sync`, and `link`
+// is only accessed under its lock.
 unsafe impl Send for Ending {}
 
 // SAFETY: `&Ending` gives access to nothing.
@@ -87,10 +114,25 @@ unsafe impl Sync for Ending {}
 impl PinnedDrop for Ending {
     fn drop(self: Pin<&mut Self>) {
         // SAFETY: `Devres` drops its data once, when it is revoked, by whichever of
-        // `UnbindFence`'s drop and the unbinding revokes first; the other waits for it. Either
+        // `UnbindFence`'s drop and the gate closing revokes first; the other waits for it. Either
         // way that is before the fence's drop has returned (type invariant).
-        unsafe { (self.action)(self.data) }
+        unsafe { (self.action)(self.data) };
+        // Only now off the list: a gate closing meanwhile finds the fence there, and waits for
+        // its end. (`Self` is `!Unpin`: the `&mut` does not claim `link` exclusively.)
+        // SAFETY: The gate outlives `self` (type invariant).
+        let gate = unsafe { &*self.gate };
+        let mut state = gate.state.lock();
+        // SAFETY: `link` is valid, and we hold the gate's lock.
+        unsafe { state.unlink(self.link.get()) };
     }
+}
+
+/// A fence's place on its gate's list of armed fences.
+struct Link {
+    older: *mut Link,
+    newer: *mut Link,
+    /// The `Devres` allocation that holds the fence's [`Ending`]; null while off the list.
+    inner: *const Inner<Ending>,
 }
 
 /// Ends a registration once: when dropped, or at unbind if that comes first.
@@ -158,36 +200,110 @@ impl UnbindFence {
     }
 }
 
-/// Whether a binding still accepts fences: closed by its bus when unbinding starts.
+/// The fences of a binding: whether it still accepts them, and those armed and not ended, which
+/// its bus ends when it closes the gate, at the end of unbind.
 ///
 /// Made by bus abstractions only, for [`Binding::new`].
 ///
 /// # Invariants
 ///
 /// - `state.arming` counts the live [`Admission`]s: fences admitted while the gate was open and
-///   not yet on the device's list (or not made).
+///   not yet on the gate's list (or not made).
+/// - `state.newest` heads the list of the fences armed through the gate whose action has not
+///   run (or is running), newest first.
 /// - Once `state.open` is false it stays false, and no [`Admission`] is made any more.
-/// - The gate is freed after every fence armed through it ran, once no handler that could use
-///   a [`Binding`] of it runs any more ([`Gate::new`]'s safety requirements): so also after the
-///   thread that armed the last fence stopped using the gate, `state`'s unlock included (which
-///   may still touch the mutex after `close()` took it).
+/// - The gate is freed after `close()` returned, once no handler that could use a [`Binding`] of
+///   it runs any more ([`Gate::new`]'s safety requirements): so also after every fence armed
+///   through it ended and left the list, and after the thread that armed the last fence stopped
+///   using the gate, `state`'s unlock included (which may still touch the mutex after `close()`
+///   took it).
 #[pin_data]
 pub struct Gate {
     #[pin]
     state: Mutex<GateState>,
-    /// Signalled when the last fence being armed through a closed gate is on the device's list.
+    /// Signalled when the last fence being armed through a closed gate is on the gate's list.
     #[pin]
     drained: CondVar,
 }
 
 struct GateState {
     open: bool,
-    /// Fences being armed: admitted while the gate was open, not yet on the device's list (or
+    /// Fences being armed: admitted while the gate was open, not yet on the gate's list (or
     /// not made).
     arming: usize,
+    /// The newest fence on the list of the fences armed and not ended; null if none.
+    newest: *mut Link,
 }
 
-/// A fence admitted by an open [`Gate`], until it is on the device's list (or was not made):
+// SAFETY: The links are only followed under the gate's lock, to fences that leave the list before
+// they are freed (`Ending`'s invariants).
+unsafe impl Send for GateState {}
+
+impl GateState {
+    /// Puts `link`, of the fence held by `inner`, on the list.
+    ///
+    /// # Safety
+    ///
+    /// `link` is the `link` of the `Ending` held by `inner`, off every list, and that `Ending`
+    /// takes it off this one before it is freed.
+    unsafe fn push(&mut self, link: *mut Link, inner: *const Inner<Ending>) {
+        // SAFETY: `link` and `self.newest`, if any, are valid (safety requirements, and the
+        // links on the list are).
+        unsafe {
+            *link = Link {
+                older: self.newest,
+                newer: null_mut(),
+                inner,
+            };
+            if let Some(newest) = self.newest.as_mut() {
+                newest.newer = link;
+            }
+        }
+        self.newest = link;
+    }
+
+    /// Takes `link` off the list, if it is on it.
+    ///
+    /// # Safety
+    ///
+    /// `link` is valid, and on this list or off every list.
+    unsafe fn unlink(&mut self, link: *mut Link) {
+        // SAFETY: `link` is valid, and so are its neighbours on the list.
+        unsafe {
+            let link = &mut *link;
+            if link.inner.is_null() {
+                return;
+            }
+            match link.newer.as_mut() {
+                Some(newer) => newer.older = link.older,
+                None => self.newest = link.older,
+            }
+            if let Some(older) = link.older.as_mut() {
+                older.newer = link.newer;
+            }
+            link.inner = core::ptr::null();
+        }
+    }
+
+    /// Takes the newest fence off the list; returns its `Devres` allocation.
+    fn pop(&mut self) -> Option<Arc<Inner<Ending>>> {
+        let link = self.newest;
+        if link.is_null() {
+            return None;
+        }
+        // SAFETY: The links on the list are valid.
+        let inner = unsafe { (*link).inner };
+        // SAFETY: `link` is on the list.
+        unsafe { self.unlink(link) };
+        // SAFETY: `inner` holds an `Ending` that was on the list, so not dropped yet: the
+        // allocation is alive, and referenced by its devres node (`Devres::new` took that
+        // reference with `Arc::as_ptr()`'s pointer), until the node is freed after the `Ending`
+        // was dropped.
+        Some(unsafe { ArcBorrow::from_raw(inner) }.into())
+    }
+}
+
+/// A fence admitted by an open [`Gate`], until it is on the gate's list (or was not made):
 /// [`Gate::close`] waits for it.
 struct Admission<'a>(&'a Gate);
 
@@ -216,6 +332,7 @@ impl Gate {
                 state <- new_mutex!(GateState {
                     open: true,
                     arming: 0,
+                    newest: null_mut(),
                 }),
                 drained <- new_condvar!(),
             }),
@@ -241,15 +358,32 @@ impl Gate {
         drop(unsafe { KBox::from_raw(gate.cast::<Self>()) });
     }
 
-    /// Closes the gate: from now on no fence is armed through it. Returns once every fence
-    /// admitted before is on the device's list. A bus calls this when unbinding starts (and when
-    /// probe fails), before the device's devres actions run.
+    /// Closes the gate and ends every fence armed through it, newest first: from now on no
+    /// fence is armed through it, and no registration whose fence it admitted runs. Returns once
+    /// each has ended (an owner's drop in progress included).
+    ///
+    /// A bus calls this at the end of its remove (and when probe fails), once the driver's data
+    /// is dropped, before the device's devres actions run: a leaked registration may use those
+    /// resources until it is ended.
     pub fn close(&self) {
         let mut state = self.state.lock();
         // INVARIANT: The gate never opens again, and admits nothing from now on.
         state.open = false;
         while state.arming > 0 {
             self.drained.wait(&mut state);
+        }
+        while let Some(inner) = state.pop() {
+            drop(state);
+            // As the release of the fence's node would, without the grace period: nobody
+            // accesses an `Ending` through its `Revocable`.
+            // SAFETY: No user of the data to wait for (above).
+            if unsafe { inner.data.revoke_nosync() } {
+                inner.revocation.complete_all();
+            } else {
+                // Its owner is ending it: wait until the action has run.
+                inner.revocation.wait_for_completion();
+            }
+            state = self.state.lock();
         }
     }
 
@@ -292,7 +426,8 @@ impl<'a, D: AsRef<Device<Bound>>> Binding<'a, D> {
     /// - Whatever outlives `'a` stays valid until the devres actions of `dev`'s current binding
     ///   have run, at unbind.
     /// - `gate` is `dev`'s, made by [`Gate::new`] for this binding before anything else that the
-    ///   driver registers with devres, and is closed before the devres actions run.
+    ///   driver registers with devres, and is closed ([`Gate::close`]) after the driver's data is
+    ///   dropped and before the devres actions run.
     pub unsafe fn new(dev: &'a D, gate: &'a Gate) -> Self {
         Self {
             dev,
@@ -303,9 +438,8 @@ impl<'a, D: AsRef<Device<Bound>>> Binding<'a, D> {
 
     /// The bound device, for as long as the binding lasts.
     ///
-    /// A leaked registration may still use it while the device's devres actions run, until its
-    /// fence acts: a `Devres` registered after that fence is revoked by then, so such a handler
-    /// must reach devres-managed resources with `Devres::try_access`, not `Devres::access`.
+    /// A leaked registration may use it until its fence ends it, which is before the device's
+    /// devres actions run (see the module documentation): so `Devres::access` with it is sound.
     pub fn device(&self) -> &'a D {
         self.dev
     }
@@ -352,18 +486,35 @@ unsafe fn arm(
     action: unsafe fn(*mut c_void),
     data: *mut c_void,
 ) -> Result<UnbindFence> {
-    // Admitted, the fence holds off `close()`, so that it is on the device's list before
-    // `devres_release_all()` takes the list.
+    // Admitted, the fence holds off `close()`, so that it is on the gate's list before `close()`
+    // ends what is there.
     let admission = gate.admit()?;
     // An initialiser, not an `Ending`: should allocating fail, no `Ending` is dropped, so the
     // action does not run (the caller undoes the registration itself). Once initialised,
     // nothing in `Devres::new` can fail.
-    // INVARIANT: The caller vouches for `action(data)` until the fence has been dropped.
-    let ending = pin_init!(Ending { action, data });
-    let made = Devres::new(dev, ending);
+    // INVARIANT: The caller vouches for `action(data)` until the fence has been dropped; `gate`
+    // outlives the fences it admits; `link` goes on the list below.
+    let ending = pin_init!(Ending {
+        action,
+        data,
+        gate,
+        link: UnsafeCell::new(Link {
+            older: null_mut(),
+            newer: null_mut(),
+            inner: core::ptr::null(),
+        }),
+        _pin: PhantomPinned,
+    });
+    let made = Devres::new(dev, ending)?;
+    // SAFETY: Not revoked: the owner does not have the fence yet, and the gate, which the
+    // admission holds open, has not ended it.
+    let link = unsafe { made.inner.data.access() }.link.get();
+    // SAFETY: `link` is that of the `Ending` in `made.inner`, new, and taken off the list by the
+    // `Ending`'s drop.
+    unsafe { gate.state.lock().push(link, Arc::as_ptr(&made.inner)) };
     drop(admission);
     Ok(UnbindFence {
-        ending: ManuallyDrop::new(made?),
+        ending: ManuallyDrop::new(made),
     })
 }
 
@@ -443,7 +594,8 @@ mod tests {
         core::mem::forget(leaked);
         // SAFETY: The work item is leaked: its memory stays valid.
         let work = unsafe { &*raw };
-        // Unbinding the device runs the fence, which disables the leaked work item.
+        // Unbinding the device (closing the gate) runs the fence, which disables the leaked work
+        // item.
         gate.close();
         drop(reg);
         assert!(!work.queue());
@@ -475,6 +627,55 @@ mod tests {
         }
     }
 
+    /// What a fence's action saw of a `Devres` registered after the fence: -1 if it did not
+    /// run, 1 if the `Devres` was still there, 0 if it was revoked already.
+    struct Order {
+        later: Atomic<*mut c_void>,
+        saw: Atomic<i32>,
+    }
+
+    static ORDER: Order = Order {
+        later: Atomic::new(core::ptr::null_mut()),
+        saw: Atomic::new(-1),
+    };
+
+    /// A fence's action that records whether the `Devres<u32>` at `ORDER.later` is still there.
+    ///
+    /// # Safety
+    ///
+    /// `ORDER.later` points at a live `Devres<u32>`.
+    unsafe fn look(_data: *mut c_void) {
+        // SAFETY: By the safety requirements.
+        let later = unsafe { &*ORDER.later.load(Relaxed).cast::<devres::Devres<u32>>() };
+        ORDER
+            .saw
+            .store(i32::from(later.try_access().is_some()), Relaxed);
+    }
+
+    /// A leaked registration may use devres resources with `Devres::access` until its fence
+    /// ends it: so the fence must end it before any of the device's devres actions runs, also
+    /// those registered after it, which `devres_release_all()` releases first.
+    #[test]
+    fn leaked_fences_end_before_the_devres_actions_run() -> Result {
+        ORDER.saw.store(-1, Relaxed);
+        let reg = faux::Registration::new(c"rust-unbind-fence-order", None)?;
+        let (binding, gate) = bind(&reg)?;
+        // SAFETY: `look` reads `ORDER.later`, set below and freed after the fence ran.
+        let fence = unsafe { binding.fence(look, core::ptr::null_mut()) }?;
+        let later = KBox::into_raw(KBox::new(
+            devres::Devres::new(binding.device(), 7u32)?,
+            GFP_KERNEL,
+        )?);
+        ORDER.later.store(later.cast(), Relaxed);
+        gate.close();
+        drop(reg);
+        assert_eq!(ORDER.saw.load(Relaxed), 1);
+        drop(fence);
+        // SAFETY: `later` comes from `KBox::into_raw` above, and the fence that used it ended.
+        drop(unsafe { KBox::from_raw(later) });
+        Ok(())
+    }
+
     #[test]
     fn a_fence_dropped_during_unbind_ends_its_registration_once() -> Result {
         SEEN.runs.store(0, Relaxed);
@@ -484,13 +685,13 @@ mod tests {
         let (binding, gate) = bind(&reg)?;
         // SAFETY: `SEEN.runs` is static.
         let fence = unsafe { binding.fence(count, runs_in(&SEEN.runs)) }?;
-        // Registered after the fence, so released before it: the owner is dropped while
-        // `devres_release_all()` holds the fence's node on its private list, not yet released.
+        // Its owner is a devres resource, dropped by `devres_release_all()` after the gate ended
+        // the fence, and before the release of the fence's own node.
         devres::register(binding.device(), Owner(Some(fence)), GFP_KERNEL)?;
         gate.close();
         drop(reg);
-        // The registration had ended when the owner's drop returned, through the fence, and the
-        // release that came after did not end it again.
+        // The registration had ended when the owner's drop returned, through the fence, and
+        // neither the owner's drop nor the release of the fence's node ended it again.
         assert_eq!(SEEN.runs_when_ended.load(Relaxed), 1);
         assert_eq!(SEEN.runs.load(Relaxed), 1);
         assert_eq!(SEEN.without_fence.load(Relaxed), 0);
@@ -520,8 +721,10 @@ mod tests {
         let (binding, gate) = bind(&reg)?;
         // SAFETY: `runs` outlives the device's binding and the fence, both ended below.
         let armed = unsafe { binding.fence(count, runs_in(&runs)) }?;
-        // As a bus does when unbinding starts: a fence armed from now on would never run.
+        // As a bus does at the end of unbind: the fence armed before ends, and a fence armed from
+        // now on would never run.
         gate.close();
+        assert_eq!(runs.load(Relaxed), 1);
         // SAFETY: As above.
         let refused = unsafe { binding.fence(count, runs_in(&runs)) };
         assert_eq!(refused.err(), Some(ENODEV));
@@ -533,7 +736,7 @@ mod tests {
         let refused = unsafe { UnbindFence::arm_opt(Some(binding), count, runs_in(&runs), undo) };
         assert_eq!(refused.err(), Some(ENODEV));
         assert_eq!(undone.load(Relaxed), 1);
-        assert_eq!(runs.load(Relaxed), 0);
+        assert_eq!(runs.load(Relaxed), 1);
         drop(reg);
         // The fence armed before ran once, and dropping it afterwards does not run it again.
         assert_eq!(runs.load(Relaxed), 1);

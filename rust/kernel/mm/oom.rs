@@ -168,8 +168,12 @@ impl<H: Handler> Registration<H> {
     ) -> c_int {
         // SAFETY: The chain only calls this with the `nb` registered in `new`, embedded in a live
         // `Registration<H>` (it is unregistered before being dropped).
-        let this = unsafe { &*crate::container_of!(Opaque::cast_from(nb).cast_mut(), Self, nb) };
-        let pages = this.handler.out_of_memory();
+        let this = unsafe { crate::container_of!(Opaque::cast_from(nb).cast_mut(), Self, nb) };
+        // Only `handler` is borrowed: the registration may still be initialising its `fence` (an
+        // allocation of which may be what ran out of memory), or its drop taking it.
+        // SAFETY: `this` is live, and its `handler` is initialised before `nb` is registered.
+        let handler = unsafe { &(*this).handler };
+        let pages = handler.out_of_memory();
         // SAFETY: `out_of_memory()` passes a pointer to its `unsigned long` count of freed pages.
         unsafe { *freed.cast::<c_ulong>() += pages as c_ulong };
         bindings::NOTIFY_OK as c_int

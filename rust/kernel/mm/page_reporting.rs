@@ -171,8 +171,10 @@ impl<R: Reporter> Registration<R> {
     ) -> c_int {
         // SAFETY: The core only calls this with the `info` registered in `new`, embedded in a
         // live `Registration<R>` (unregistering waits for the call to end).
-        let this =
-            unsafe { &*crate::container_of!(Opaque::cast_from(info).cast_mut(), Self, info) };
+        let this = unsafe { crate::container_of!(Opaque::cast_from(info).cast_mut(), Self, info) };
+        // Only `reporter` is borrowed: the registration's drop may be taking its `fence`.
+        // SAFETY: `this` is live, and its `reporter` is initialised before `info` is registered.
+        let reporter = unsafe { &(*this).reporter };
         let Some(sg) = NonNull::new(sg) else {
             return EINVAL.to_errno();
         };
@@ -183,7 +185,7 @@ impl<R: Reporter> Registration<R> {
             nents,
             _call: PhantomData,
         };
-        from_result(|| this.reporter.report(&pages).map(|()| 0))
+        from_result(|| reporter.report(&pages).map(|()| 0))
     }
 }
 

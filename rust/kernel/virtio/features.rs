@@ -72,14 +72,16 @@ pub(super) fn raw_table(features: &'static [Feature]) -> Result<&'static [u32]> 
     Ok(unsafe { core::slice::from_raw_parts(features.as_ptr().cast::<u32>(), features.len()) })
 }
 
-/// Whether the driver bound to `vdev` offered `feature`: `virtio_check_driver_offered_feature()`
+/// Whether the driver bound to `dev` offered `feature`: `virtio_check_driver_offered_feature()`
 /// without its `BUG()`.
-fn offered(vdev: *mut bindings::virtio_device, feature: Feature) -> bool {
+fn offered(dev: &Device<device::Bound>, feature: Feature) -> bool {
     if feature.is_transport() {
         return true;
     }
-    // SAFETY: `vdev` is a valid device (caller) with a bound virtio driver, so `dev.driver` is
-    // embedded in a `struct virtio_driver` whose feature table is valid for its size.
+    let vdev = dev.as_raw();
+    // SAFETY: `vdev` is valid and bound, to a virtio driver as every driver of the virtio bus,
+    // so `dev.driver` is embedded in a `struct virtio_driver` whose feature table is valid for
+    // its size, and stays so while the binding lasts.
     let table = unsafe {
         let drv = crate::container_of!((*vdev).dev.driver, bindings::virtio_driver, driver);
         if (*drv).feature_table.is_null() {
@@ -90,23 +92,20 @@ fn offered(vdev: *mut bindings::virtio_device, feature: Feature) -> bool {
     table.contains(&feature.0)
 }
 
-/// Whether `feature` was negotiated with `vdev`; a feature the driver never offered is a driver
+/// Whether `feature` was negotiated with `dev`; a feature the driver never offered is a driver
 /// bug, reported and answered `false` (the device cannot have negotiated it).
-pub(super) fn negotiated(vdev: *mut bindings::virtio_device, feature: Feature) -> bool {
-    if !offered(vdev, feature) {
-        // SAFETY: `vdev` is valid (caller), so is the `struct device` embedded in it.
-        let dev: &device::Device =
-            unsafe { device::Device::from_raw(core::ptr::addr_of_mut!((*vdev).dev)) };
+pub(super) fn negotiated(dev: &Device<device::Bound>, feature: Feature) -> bool {
+    if !offered(dev, feature) {
         dev_err!(
-            dev,
+            dev.as_ref(),
             "feature bit {} is not in the driver's feature table\n",
             feature.0
         );
         return false;
     }
-    // SAFETY: `vdev` is a valid `struct virtio_device` and `feature` is below
+    // SAFETY: `dev` is a valid `struct virtio_device` and `feature` is below
     // `VIRTIO_FEATURES_BITS` by the type invariant.
-    unsafe { bindings::__virtio_test_bit(vdev, feature.0) }
+    unsafe { bindings::__virtio_test_bit(dev.as_raw(), feature.0) }
 }
 
 /// The features negotiated so far, handed to [`Driver::validate`](super::Driver::validate),
@@ -122,7 +121,7 @@ impl<'a> FeatureSet<'a> {
 
     /// Returns whether `feature` is negotiated.
     pub fn has(&self, feature: Feature) -> bool {
-        negotiated(self.dev.as_raw(), feature)
+        negotiated(self.dev, feature)
     }
 
     /// Withdraws `feature`, e.g. a feature this configuration cannot support.

@@ -164,10 +164,10 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
         head.ran();
     }
 
-    /// Closes the binding's gate: no fence is armed from now on (unbinding starts).
+    /// The binding's gate, which outlives the driver data: closed at the end of unbind.
     #[inline]
-    pub(super) fn close_gate(&self) {
-        self.head.gate.close();
+    pub(super) fn gate(&self) -> &'bound Gate {
+        self.head.gate
     }
 
     /// Disables the work item and waits for a running instance: it will not run again.
