@@ -51,7 +51,7 @@ def test_rust_balloon_suite(kunit_log):
 @pytest.mark.parametrize("name,cases", [
     ("rust_kernel_virtio", 7),
     ("rust_kernel_virtio_pm", 1),
-    ("rust_kernel_unbind_fence", 6),
+    ("rust_kernel_unbind_fence", 7),
     ("rust_kernel_vmstat", 1),
 ])
 def test_rust_suite(kunit_log, name, cases):

@@ -23,7 +23,9 @@
 //!    it works; its [`Virtqueues`] then reset the device, hand every buffer the device still
 //!    held back to its owner (and so drop it), and delete the queues;
 //! 4. the device is reset, as the virtio core requires of `remove()`, if the data held no
-//!    queues.
+//!    queues;
+//! 5. what the driver leaked ends (its fences, see [`crate::devres::UnbindFence`]), before the
+//!    device's devres actions run.
 //!
 //! Nothing the driver owns can be reached by the device once `remove()` returns.
 
@@ -54,6 +56,7 @@ use core::{
     },
 };
 
+pub mod balloon;
 mod buffer;
 mod config;
 mod features;
@@ -68,6 +71,7 @@ mod work;
 /// Little-endian integer types for configuration layouts and buffers.
 pub use zerocopy::byteorder::little_endian as le;
 
+pub use self::config::ConfigSpace;
 pub use self::features::{
     Feature,
     FeatureSet, //
@@ -181,11 +185,12 @@ impl<T: Driver + 'static> Adapter<T> {
             // The binding's first devres action; closed at the end of remove, or below if probe
             // fails, after the driver data is gone and before the devres actions run.
             // SAFETY: Before the driver's probe, so the binding's first devres action; nothing
-            // of the driver runs once the devres actions have run (its fences).
+            // of the driver runs once the gate is closed (its fences have ended).
             let gate = unsafe { Gate::new(bound.as_ref()) }?;
             // SAFETY: The driver data lives until remove; what outlives it (the device, statics)
             // stays valid until the binding's devres actions run, after remove. `gate` is this
-            // binding's, made before the driver registers anything, and closed in time (above).
+            // binding's, made before the driver registers anything, and closed after the driver
+            // data is dropped, before the devres actions run (at the end of remove, or below).
             let binding = unsafe { Binding::new(bound, gate) };
             let data = KBox::pin_init(
                 Private::<T>::new(vdev, gate, T::probe(dev, binding)),
@@ -307,9 +312,9 @@ impl<T: Driver + 'static> Adapter<T> {
         // `Pin<KBox<Private<'_, T>>>`.
         let data = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() }.data();
 
-        // While we run (the PM core holds the transport's device lock, user space and freezable
-        // tasks are frozen, probing is blocked), waiters may reset a broken device: `freeze` may
-        // wait on one (the balloon deflates).
+        // While we run (the PM core holds the transport's device lock, user space is frozen,
+        // probing is blocked), waiters may reset a broken device: `freeze` may wait on one (the
+        // balloon deflates).
         virtqueue::callback_window(dev, true);
         let ret = from_result(|| T::freeze(dev, data).map(|()| 0));
         virtqueue::callback_window(dev, false);
@@ -455,16 +460,18 @@ pub trait Driver {
     /// Unbinds the driver: the last moment the device still works.
     ///
     /// When this returns the driver data is dropped (its [`Virtqueues`] reset the device) and the
-    /// device is reset, all before `remove()` returns. The binding accepts no new fenced
-    /// registration from the start of `remove()` on: one made now fails with `ENODEV`.
+    /// device is reset, all before `remove()` returns. Then what the driver leaked ends, and the
+    /// binding accepts no new fenced registration: one made afterwards (by a leaked handler)
+    /// fails with `ENODEV`.
     fn unbind<'bound>(dev: &'bound Device<device::Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         let _ = (dev, this);
     }
 
     /// The device changed its configuration space.
     ///
-    /// Runs in atomic context (under the core's config spin lock): it must not sleep, so it
-    /// cannot read the configuration space itself. Drivers typically queue work.
+    /// Runs in atomic context (under the core's config spin lock): it must not sleep, so it must
+    /// not read the configuration space, whose accessors may sleep (a debug kernel reports it).
+    /// Drivers typically queue work.
     fn config_changed<'bound>(dev: &'bound Device<device::Bound>, this: Pin<&Self::Data<'bound>>) {
         let _ = (dev, this);
         build_error!(VTABLE_DEFAULT_ERROR)
@@ -493,9 +500,11 @@ pub trait Driver {
     /// Prepares for system sleep: typically [`Virtqueues::freeze`], which resets the device and
     /// deletes the queues.
     ///
-    /// The driver's work does not run meanwhile: the system is frozen. Implementing `freeze`
-    /// requires implementing [`Driver::restore`] too. A `freeze` that returns `Ok` with queues
-    /// neither frozen nor reset fails with `EBUSY`: the device would be suspended running.
+    /// For system sleep, freezable workqueues are frozen first, so the driver's work does not run
+    /// meanwhile; a kexec jump (`CONFIG_KEXEC_JUMP`) freezes only user space, and the work may
+    /// run concurrently (its waits end with `EIO` once the queues are frozen). Implementing
+    /// `freeze` requires implementing [`Driver::restore`] too. A `freeze` that returns `Ok` with
+    /// queues neither frozen nor reset fails with `EBUSY`: the device would be suspended running.
     fn freeze<'bound>(
         dev: &'bound Device<device::Core<'_>>,
         this: Pin<&Self::Data<'bound>>,

@@ -23,7 +23,9 @@
 //!   `balloon_lock` does in C. Migration only try-locks it: inflation may hold it while waiting
 //!   for memory that the migration would free.
 //! - Resizing runs only in the driver's work item, unbind and freeze, which never run
-//!   concurrently; the OOM notifier deflates concurrently with them, under [`Host::pfns`].
+//!   concurrently (but for a kexec jump, which leaves the work running during freeze, as in C);
+//!   the OOM notifier deflates concurrently with them. Each step is one request, under
+//!   [`Host::pfns`].
 
 use core::mem::size_of;
 
@@ -105,15 +107,8 @@ const F_PAGE_POISON: Feature = Feature::new(4);
 /// Free pages are reported, through a fifth queue, for the host to discard.
 const F_REPORTING: Feature = Feature::new(5);
 
-/// The device's configuration space (`struct virtio_balloon_config`), little-endian even on
-/// legacy devices.
-#[repr(C)]
-struct Config {
-    num_pages: le::U32,
-    actual: le::U32,
-    free_page_hint_cmd_id: le::U32,
-    poison_val: le::U32,
-}
+/// The device's configuration space.
+type Config = virtio::balloon::Config;
 
 /// Frame numbers per request: QEMU and other hosts reject more.
 const PFNS_PER_REQUEST: usize = 256;

@@ -36,9 +36,9 @@
 //!
 //! # Locking
 //!
-//! The gate's lock is held only to test and count, never across an allocation, so it is never
-//! ordered before memory reclaim: the gate does not keep a shrinker's callback from arming a
-//! fence (the registration's own locks may; under `PF_MEMALLOC`, as in direct reclaim or
+//! The gate's lock is held only to test, count and link, never across an allocation, so it is
+//! never ordered before memory reclaim: the gate does not keep a shrinker's callback from arming
+//! a fence (the registration's own locks may; under `PF_MEMALLOC`, as in direct reclaim or
 //! kswapd, the allocation draws on the emergency reserves).
 //!
 //! [`Gate::close`] sleeps, in remove, with the device lock held, until the fences being armed
@@ -90,7 +90,7 @@ use crate::{
 /// - `gate` is the [`Gate`] the fence was armed through, which outlives `self` (it is freed after
 ///   it ended every fence armed through it).
 /// - `link` is only accessed under `gate`'s lock; it is on the gate's list from when the fence
-///   is armed until the action has run.
+///   is armed until the action has run, or until `close()` took it off to end it.
 #[pin_data(PinnedDrop)]
 struct Ending {
     action: unsafe fn(*mut c_void),
@@ -103,8 +103,8 @@ struct Ending {
 }
 
 // SAFETY: `Binding::fence`'s caller vouches that the action may run on the thread that unbinds
-// the device or on the one that drops the fence, whichever it is; `gate` is `Sync`, and `link`
-// is only accessed under its lock.
+// the device (or whose probe fails) or on the one that drops the fence, whichever it is; `gate`
+// is `Sync`, and `link` is only accessed under its lock.
 unsafe impl Send for Ending {}
 
 // SAFETY: `&Ending` gives access to nothing.
@@ -122,7 +122,8 @@ impl PinnedDrop for Ending {
         // SAFETY: The gate outlives `self` (type invariant).
         let gate = unsafe { &*self.gate };
         let mut state = gate.state.lock();
-        // SAFETY: `link` is valid, and we hold the gate's lock.
+        // SAFETY: `link` is valid, we hold the gate's lock, and the link is on this gate's list
+        // (the one it was armed through) or off every list (type invariant).
         unsafe { state.unlink(self.link.get()) };
     }
 }
@@ -139,6 +140,11 @@ struct Link {
 ///
 /// Leaked, the fence ends its registration when the device is unbound. Dropped, it ends it at
 /// once, or, if the device is being unbound, waits until the unbinding did.
+///
+/// # Invariants
+///
+/// `ending` holds an [`Ending`] armed through the gate of a binding of its device; it is
+/// dropped once, in `drop`.
 #[must_use = "dropping the fence ends its registration"]
 pub struct UnbindFence {
     /// Only dropped: that is what the fence does. Dropped by hand, so that the drop of a
@@ -210,7 +216,7 @@ impl UnbindFence {
 /// - `state.arming` counts the live [`Admission`]s: fences admitted while the gate was open and
 ///   not yet on the gate's list (or not made).
 /// - `state.newest` heads the list of the fences armed through the gate whose action has not
-///   run (or is running), newest first.
+///   run (or is running), newest first, but for one that `close()` took off to end it.
 /// - Once `state.open` is false it stays false, and no [`Admission`] is made any more.
 /// - The gate is freed after `close()` returned, once no handler that could use a [`Binding`] of
 ///   it runs any more ([`Gate::new`]'s safety requirements): so also after every fence armed
@@ -295,10 +301,11 @@ impl GateState {
         let inner = unsafe { (*link).inner };
         // SAFETY: `link` is on the list.
         unsafe { self.unlink(link) };
-        // SAFETY: `inner` holds an `Ending` that was on the list, so not dropped yet: the
-        // allocation is alive, and referenced by its devres node (`Devres::new` took that
-        // reference with `Arc::as_ptr()`'s pointer), until the node is freed after the `Ending`
-        // was dropped.
+        // SAFETY: `inner` comes from `Arc::as_ptr()` in `arm()`. Its `Ending` was on the list and
+        // the caller holds the gate's lock, so the `Ending`'s drop, which takes that lock before
+        // it returns, has not returned: the allocation still has the reference its devres node
+        // holds (which `Devres::new` took), dropped only after the `Ending` was. A `Devres` is
+        // never a `UniqueArc`.
         Some(unsafe { ArcBorrow::from_raw(inner) }.into())
     }
 }
@@ -374,9 +381,9 @@ impl Gate {
         }
         while let Some(inner) = state.pop() {
             drop(state);
-            // As the release of the fence's node would, without the grace period: nobody
-            // accesses an `Ending` through its `Revocable`.
-            // SAFETY: No user of the data to wait for (above).
+            // As the release of the fence's node would, without the grace period.
+            // SAFETY: Nothing accesses an `Ending` through its `Revocable` but `arm()`, whose
+            // access ended before it put the fence on the list.
             if unsafe { inner.data.revoke_nosync() } {
                 inner.revocation.complete_all();
             } else {
@@ -404,6 +411,11 @@ impl Gate {
 /// Only bus abstractions make one (with [`Binding::new`]), for the probe of their driver. `'a`
 /// is invariant: a binding cannot be shortened, so a handler that must outlive it cannot borrow
 /// anything that dies before the device is unbound.
+///
+/// # Invariants
+///
+/// Whatever outlives `'a` stays valid until `gate`, the gate of `dev`'s current binding, is
+/// closed, which is after the driver's data is dropped and before `dev`'s devres actions run.
 pub struct Binding<'a, D = Device<Bound>> {
     dev: &'a D,
     gate: &'a Gate,
@@ -454,16 +466,16 @@ impl<'a, D: AsRef<Device<Bound>>> Binding<'a, D> {
     }
 
     /// Arms `action(data)` to run when the device is unbound, unless the fence is dropped first
-    /// (which runs it then); fails with `ENODEV` once unbinding has started (from the bus's
-    /// remove on), in which case the caller undoes its registration. Sleeps; may be called from
-    /// memory reclaim (see "Locking" in the module documentation).
+    /// (which runs it then); fails with `ENODEV` once the binding's gate is closed (at the end of
+    /// the bus's remove), in which case the caller undoes its registration. Sleeps; may be
+    /// called from memory reclaim (see "Locking" in the module documentation).
     ///
     /// # Safety
     ///
     /// Until the fence has been dropped, calling `action(data)` once, on the thread that unbinds
-    /// the device or on the one that drops the fence, is sound, and ends every use the
-    /// registration makes of borrowed data. `action` does not drop the fence (the drop would
-    /// wait for the action).
+    /// the device (or whose probe fails) or on the one that drops the fence, is sound, and ends
+    /// every use the registration makes of borrowed data. `action` does not drop this fence
+    /// (the drop would wait for the action).
     pub unsafe fn fence(
         &self,
         action: unsafe fn(*mut c_void),
@@ -506,8 +518,9 @@ unsafe fn arm(
         _pin: PhantomPinned,
     });
     let made = Devres::new(dev, ending)?;
-    // SAFETY: Not revoked: the owner does not have the fence yet, and the gate, which the
-    // admission holds open, has not ended it.
+    // SAFETY: Not revoked while the reference lives (this statement): the owner does not have
+    // the fence yet, `close()`, which the admission holds off, cannot have taken it off the list,
+    // where it is not yet, and `devres_release_all()` runs only after `close()`.
     let link = unsafe { made.inner.data.access() }.link.get();
     // SAFETY: `link` is that of the `Ending` in `made.inner`, new, and taken off the list by the
     // `Ending`'s drop.
@@ -639,14 +652,23 @@ mod tests {
         saw: Atomic::new(-1),
     };
 
-    /// A fence's action that records whether the `Devres<u32>` at `ORDER.later` is still there.
+    /// A fence's action that records whether the `Devres<u32>` at `ORDER.later`, if set, is
+    /// still there.
     ///
     /// # Safety
     ///
-    /// `ORDER.later` points at a live `Devres<u32>`.
+    /// `ORDER.later` is null or points at a live `Devres<u32>`.
     unsafe fn look(_data: *mut c_void) {
         // SAFETY: By the safety requirements.
-        let later = unsafe { &*ORDER.later.load(Relaxed).cast::<devres::Devres<u32>>() };
+        let Some(later) = (unsafe {
+            ORDER
+                .later
+                .load(Relaxed)
+                .cast::<devres::Devres<u32>>()
+                .as_ref()
+        }) else {
+            return;
+        };
         ORDER
             .saw
             .store(i32::from(later.try_access().is_some()), Relaxed);
@@ -658,10 +680,13 @@ mod tests {
     #[test]
     fn leaked_fences_end_before_the_devres_actions_run() -> Result {
         ORDER.saw.store(-1, Relaxed);
+        ORDER.later.store(core::ptr::null_mut(), Relaxed);
         let reg = faux::Registration::new(c"rust-unbind-fence-order", None)?;
         let (binding, gate) = bind(&reg)?;
-        // SAFETY: `look` reads `ORDER.later`, set below and freed after the fence ran.
+        // SAFETY: `look` reads `ORDER.later` if set, which is set below and freed after the
+        // fence ended.
         let fence = unsafe { binding.fence(look, core::ptr::null_mut()) }?;
+        // Registered after the fence: `devres_release_all()` releases it first.
         let later = KBox::into_raw(KBox::new(
             devres::Devres::new(binding.device(), 7u32)?,
             GFP_KERNEL,
@@ -669,10 +694,11 @@ mod tests {
         ORDER.later.store(later.cast(), Relaxed);
         gate.close();
         drop(reg);
-        assert_eq!(ORDER.saw.load(Relaxed), 1);
         drop(fence);
+        ORDER.later.store(core::ptr::null_mut(), Relaxed);
         // SAFETY: `later` comes from `KBox::into_raw` above, and the fence that used it ended.
         drop(unsafe { KBox::from_raw(later) });
+        assert_eq!(ORDER.saw.load(Relaxed), 1);
         Ok(())
     }
 
@@ -695,6 +721,52 @@ mod tests {
         assert_eq!(SEEN.runs_when_ended.load(Relaxed), 1);
         assert_eq!(SEEN.runs.load(Relaxed), 1);
         assert_eq!(SEEN.without_fence.load(Relaxed), 0);
+        Ok(())
+    }
+
+    /// The fence a [`drop_older`] action drops, and how often the older fence's action ran.
+    static OLDER: Atomic<*mut c_void> = Atomic::new(core::ptr::null_mut());
+    static OLDER_RUNS: Atomic<i32> = Atomic::new(0);
+
+    /// A fence's action that drops the fence at `OLDER`, if set: its owner ending it while the
+    /// gate ends the fences, after this one and before that one.
+    ///
+    /// # Safety
+    ///
+    /// `OLDER` is null or comes from `KBox::into_raw` of a `KBox<UnbindFence>`, not used elsewhere.
+    unsafe fn drop_older(_data: *mut c_void) {
+        let older = OLDER.xchg(core::ptr::null_mut(), Relaxed);
+        if !older.is_null() {
+            // SAFETY: By the safety requirements.
+            drop(unsafe { KBox::from_raw(older.cast::<UnbindFence>()) });
+        }
+    }
+
+    /// An owner ending its fence while the gate closes, with the fence still on the gate's list:
+    /// the fence ends once, through the owner, and the gate does not end it again.
+    #[test]
+    fn a_fence_its_owner_ends_while_the_gate_closes_ends_once() -> Result {
+        OLDER_RUNS.store(0, Relaxed);
+        OLDER.store(core::ptr::null_mut(), Relaxed);
+        let reg = faux::Registration::new(c"rust-unbind-fence-owner", None)?;
+        let (binding, gate) = bind(&reg)?;
+        // SAFETY: `OLDER_RUNS` is static.
+        let older = KBox::new(
+            unsafe { binding.fence(count, runs_in(&OLDER_RUNS)) }?,
+            GFP_KERNEL,
+        )?;
+        OLDER.store(KBox::into_raw(older).cast(), Relaxed);
+        // SAFETY: `OLDER` holds the older fence, which nothing else uses.
+        let newer = unsafe { binding.fence(drop_older, core::ptr::null_mut()) }?;
+        // Ends `newer` first, whose action drops `older`, which is still on the list.
+        gate.close();
+        let runs = OLDER_RUNS.load(Relaxed);
+        let left = OLDER.load(Relaxed);
+        drop(newer);
+        drop(reg);
+        assert!(left.is_null());
+        assert_eq!(runs, 1);
+        assert_eq!(OLDER_RUNS.load(Relaxed), 1);
         Ok(())
     }
 

@@ -4,10 +4,17 @@
 //!
 //! C header: [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h)
 //!
-//! Drivers describe the layout as a `#[repr(C)]` struct of little-endian fields
-//! (`zerocopy::byteorder::little_endian::U32` and friends) and access single fields with
-//! [`virtio_cread!`](crate::virtio_cread) and [`virtio_cwrite!`](crate::virtio_cwrite). Both may
-//! sleep.
+//! The layout of a device type's configuration space is a [`ConfigSpace`] type of the kernel
+//! crate, such as [`balloon::Config`](super::balloon::Config), whose fields have the byte order
+//! the specification gives them (`zerocopy::byteorder::little_endian::U32` and friends).
+//! Drivers access single fields with [`virtio_cread!`](crate::virtio_cread) and
+//! [`virtio_cwrite!`](crate::virtio_cwrite). Both may sleep.
+//!
+//! A driver cannot describe the layout itself in safe code: an offset past the device's
+//! configuration space reaches whatever the transport maps there (on virtio-mmio, the registers
+//! of the next device, whose queue addresses would point its DMA at guest memory), and
+//! transports check none, or `BUG()`. For the same reason a field that the negotiated features
+//! do not provide is not accessed: reads give zeroes, writes do nothing, and the log says so.
 
 use super::Device;
 use crate::{
@@ -37,47 +44,112 @@ pub(super) const fn access_width(offset: usize, len: usize) -> usize {
     }
 }
 
+/// The layout of the configuration space of a virtio device type.
+///
+/// # Safety
+///
+/// `Self` is `#[repr(C)]`, and each of its fields has the offset and the size that the virtio
+/// specification gives it in the configuration space of devices of type [`Self::DEVICE`]; for
+/// such a device, the first [`ConfigSpace::size`] bytes of `Self` lie within its configuration
+/// space.
+pub unsafe trait ConfigSpace: Sized {
+    /// The device type (`VIRTIO_ID_*`, see [`DeviceId`](super::DeviceId)).
+    const DEVICE: u32;
+
+    /// How much of the layout `dev`, a device of type [`Self::DEVICE`], has: fields that exist
+    /// only with a feature are missing without it (the transports size the space by features).
+    fn size(dev: &Device<device::Bound>) -> usize {
+        let _ = dev;
+        size_of::<Self>()
+    }
+}
+
 impl Device<device::Bound> {
     /// Reads the field of type `F` at `offset` of the configuration layout `C`.
     ///
     /// A field of up to 4 bytes, read in one access, cannot tear and is read once, as
     /// `virtio_cread32()` does; a wider one is read repeatedly until the device's configuration
     /// generation is stable. Use [`virtio_cread!`](crate::virtio_cread).
+    ///
+    /// # Safety
+    ///
+    /// `offset` is the offset in `C` of the field `field` projects to.
     #[doc(hidden)]
     #[inline]
     #[track_caller]
-    pub fn config_read<C, F: FromBytes + IntoBytes>(
+    pub unsafe fn config_read<C: ConfigSpace, F: FromBytes + IntoBytes>(
         &self,
         offset: usize,
         _field: fn(&C) -> &F,
     ) -> F {
-        build_assert!(offset + size_of::<F>() <= size_of::<C>());
+        build_assert!(
+            size_of::<F>() <= size_of::<C>() && offset <= size_of::<C>() - size_of::<F>()
+        );
         let mut value = F::new_zeroed();
         // `F: FromBytes` makes any bytes the device returns a valid `F`.
-        self.read_config(offset, value.as_mut_bytes());
+        self.read_config(C::DEVICE, C::size(self), offset, value.as_mut_bytes());
         value
     }
 
     /// Writes `value` to the field of type `F` at `offset` of the configuration layout `C`.
     /// Use [`virtio_cwrite!`](crate::virtio_cwrite).
+    ///
+    /// # Safety
+    ///
+    /// `offset` is the offset in `C` of the field `field` projects to.
     #[doc(hidden)]
     #[inline]
     #[track_caller]
-    pub fn config_write<C, F: IntoBytes + Immutable>(
+    pub unsafe fn config_write<C: ConfigSpace, F: IntoBytes + Immutable>(
         &self,
         offset: usize,
         _field: fn(&C) -> &F,
         value: F,
     ) {
-        build_assert!(offset + size_of::<F>() <= size_of::<C>());
-        self.write_config(offset, value.as_bytes());
+        build_assert!(
+            size_of::<F>() <= size_of::<C>() && offset <= size_of::<C>() - size_of::<F>()
+        );
+        self.write_config(C::DEVICE, C::size(self), offset, value.as_bytes());
+    }
+
+    /// Whether the `len` bytes at `offset` of a layout for devices of type `device`, of which
+    /// this device has `size`, are there: the device is of that type and has the field. A driver
+    /// that asks for another type's layout, or for a field its features do not provide, is told
+    /// so in the log.
+    #[track_caller]
+    fn has_field(&self, device: u32, size: usize, offset: usize, len: usize) -> bool {
+        // SAFETY: `self` is a valid device; its id does not change.
+        let ours = unsafe { (*self.as_raw()).id.device };
+        if ours != device {
+            dev_err!(
+                self.as_ref(),
+                "configuration layout of device type {} used on type {}: not accessed\n",
+                device,
+                ours
+            );
+            return false;
+        }
+        if offset > size || len > size - offset {
+            dev_err!(
+                self.as_ref(),
+                "configuration field at {} not provided by the negotiated features: not accessed\n",
+                offset
+            );
+            return false;
+        }
+        true
     }
 
     /// [`Self::config_read`]'s work, not generic: the driver's module carries no copy of it.
+    /// Reads zeroes for a field the device does not have (see [`Self::has_field`]).
     #[track_caller]
-    fn read_config(&self, offset: usize, buf: &mut [u8]) {
+    fn read_config(&self, device: u32, size: usize, offset: usize, buf: &mut [u8]) {
         // Transports may sleep here (vDPA takes a semaphore), as `virtio_cread8()` says.
         crate::task::might_sleep();
+        if !self.has_field(device, size, offset, buf.len()) {
+            buf.fill(0);
+            return;
+        }
         let vdev = self.as_raw();
         let len = buf.len();
         let width = access_width(offset, len);
@@ -87,7 +159,8 @@ impl Device<device::Bound> {
             // C calls `get` directly too (`virtio_cread8()`); there is no wrapper to call.
             if let Some(get) = unsafe { (*(*vdev).config).get } {
                 // SAFETY: `vdev` is a valid device, and `buf` is valid for writes of `len`
-                // bytes, which the caller's layout says lie within the configuration space.
+                // bytes, which lie within its configuration space: a field of a `ConfigSpace`
+                // layout of its type, within the size the layout gives for it (checked above).
                 unsafe { get(vdev, offset as u32, buf.as_mut_ptr().cast(), len as u32) };
             }
             return;
@@ -104,10 +177,14 @@ impl Device<device::Bound> {
         };
     }
 
-    /// [`Self::config_write`]'s work, not generic.
+    /// [`Self::config_write`]'s work, not generic. Writes nothing to a field the device does
+    /// not have (see [`Self::has_field`]).
     #[track_caller]
-    fn write_config(&self, offset: usize, bytes: &[u8]) {
+    fn write_config(&self, device: u32, size: usize, offset: usize, bytes: &[u8]) {
         crate::task::might_sleep();
+        if !self.has_field(device, size, offset, bytes.len()) {
+            return;
+        }
         let vdev = self.as_raw();
         // SAFETY: A device's `config` points at its transport's operations while it exists.
         // C calls `set` directly too (`virtio_cwrite8()`).
@@ -117,7 +194,8 @@ impl Device<device::Bound> {
         let width = access_width(offset, bytes.len());
         for (i, chunk) in bytes.chunks(width).enumerate() {
             // SAFETY: `vdev` is a valid `struct virtio_device` with a bound driver, and `chunk`
-            // is valid for reads of `chunk.len()` bytes within the driver's layout.
+            // is valid for reads of `chunk.len()` bytes, which lie within its configuration
+            // space: part of a field checked as for reads.
             unsafe {
                 set(
                     vdev,
@@ -132,59 +210,73 @@ impl Device<device::Bound> {
 
 /// Reads one field of a virtio device's configuration space.
 ///
-/// `$layout` is the driver's `#[repr(C)]` description of the configuration space; the field's
+/// `$layout` is the [`ConfigSpace`](crate::virtio::ConfigSpace) of the device type; the field's
 /// type is what is returned, so little-endian fields come back as `little_endian::U32` etc.
 ///
 /// # Examples
 ///
 /// ```
 /// use kernel::{device::Bound, prelude::*, virtio};
+///
+/// fn target(dev: &virtio::Device<Bound>) -> u32 {
+///     kernel::virtio_cread!(dev, virtio::balloon::Config, num_pages).get()
+/// }
+/// ```
+///
+/// A layout of the driver's own would let it reach past the configuration space: it does not
+/// compile (`tests/test_compile_fail.py` checks that):
+///
+/// ```ignore
+/// // compile_fail: E0277
+/// use kernel::{device::Bound, prelude::*, virtio};
 /// use zerocopy::byteorder::little_endian::U32;
 ///
 /// #[repr(C)]
-/// struct Config {
-///     num_pages: U32,
-///     actual: U32,
+/// struct Mine {
+///     padding: [u8; 0x170],
+///     next_device_status: U32,
 /// }
 ///
-/// fn target(dev: &virtio::Device<Bound>) -> u32 {
-///     kernel::virtio_cread!(dev, Config, num_pages).get()
+/// fn poke(dev: &virtio::Device<Bound>) {
+///     kernel::virtio_cwrite!(dev, Mine, next_device_status, U32::new(0));
 /// }
 /// ```
 #[macro_export]
 macro_rules! virtio_cread {
-    ($dev:expr, $layout:ty, $field:ident) => {
-        $dev.config_read(::core::mem::offset_of!($layout, $field), |c: &$layout| {
-            &c.$field
-        })
-    };
+    ($dev:expr, $layout:ty, $field:ident) => {{
+        let dev = $dev;
+        // SAFETY: The offset is that of the field the closure projects to.
+        unsafe {
+            dev.config_read(::core::mem::offset_of!($layout, $field), |c: &$layout| {
+                &c.$field
+            })
+        }
+    }};
 }
 
-/// Writes one field of a virtio device's configuration space.
+/// Writes one field of a virtio device's configuration space, whose layout `$layout` is the
+/// device type's [`ConfigSpace`](crate::virtio::ConfigSpace).
 ///
 /// # Examples
 ///
 /// ```
 /// use kernel::{device::Bound, prelude::*, virtio};
-/// use zerocopy::byteorder::little_endian::U32;
 ///
-/// #[repr(C)]
-/// struct Config {
-///     num_pages: U32,
-///     actual: U32,
-/// }
-///
-/// fn report(dev: &virtio::Device<Bound>, pages: u32) {
-///     kernel::virtio_cwrite!(dev, Config, actual, U32::new(pages));
+/// fn report(dev: &virtio::Device<Bound>, frames: u32) {
+///     kernel::virtio_cwrite!(dev, virtio::balloon::Config, actual, virtio::le::U32::new(frames));
 /// }
 /// ```
 #[macro_export]
 macro_rules! virtio_cwrite {
-    ($dev:expr, $layout:ty, $field:ident, $value:expr) => {
-        $dev.config_write(
-            ::core::mem::offset_of!($layout, $field),
-            |c: &$layout| &c.$field,
-            $value,
-        )
-    };
+    ($dev:expr, $layout:ty, $field:ident, $value:expr) => {{
+        let (dev, value) = ($dev, $value);
+        // SAFETY: The offset is that of the field the closure projects to.
+        unsafe {
+            dev.config_write(
+                ::core::mem::offset_of!($layout, $field),
+                |c: &$layout| &c.$field,
+                value,
+            )
+        }
+    }};
 }

@@ -103,9 +103,17 @@ pub(super) fn negotiated(dev: &Device<device::Bound>, feature: Feature) -> bool 
         );
         return false;
     }
-    // SAFETY: `dev` is a valid `struct virtio_device` and `feature` is below
-    // `VIRTIO_FEATURES_BITS` by the type invariant.
-    unsafe { bindings::__virtio_test_bit(dev.as_raw(), feature.0) }
+    dev.negotiated_any(feature)
+}
+
+impl Device<device::Bound> {
+    /// Whether `feature` was negotiated, whether or not the driver offers it: for the
+    /// abstraction's own checks, such as which configuration fields the device has.
+    pub(crate) fn negotiated_any(&self, feature: Feature) -> bool {
+        // SAFETY: `self` is a valid `struct virtio_device` and `feature` is below
+        // `VIRTIO_FEATURES_BITS` by the type invariant.
+        unsafe { bindings::__virtio_test_bit(self.as_raw(), feature.0) }
+    }
 }
 
 /// The features negotiated so far, handed to [`Driver::validate`](super::Driver::validate),

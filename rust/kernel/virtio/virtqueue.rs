@@ -333,6 +333,11 @@ impl Handler for () {}
 pub const UNBIND_GRACE_MS: i64 = 5000;
 
 /// The per-queue state the interrupt handler reaches.
+///
+/// # Invariants
+///
+/// `used` is waited on only with `notify` held, and notified only by [`Slot::wake`]: under
+/// `notify`, [`CondVar::has_waiters`] is exact.
 #[pin_data]
 struct Slot {
     /// Serialises the ring operations of this queue.
@@ -773,7 +778,9 @@ impl<'a> Inner<'a> {
             dev,
             // `head` and `positions`, all that the callback touches with the handler, are
             // initialised at this point.
-            queues: Self::claim(dev, queues, this, callback)?,
+            // SAFETY: `this` is the `Virtqueues` whose core this is, and `callback` its callback
+            // (safety requirements), which finds in it only what is initialised by now.
+            queues: unsafe { Self::claim(dev, queues, this, callback) }?,
             live: Atomic::new(true),
             callback,
             _pin: PhantomPinned,
@@ -792,7 +799,12 @@ impl<'a> Inner<'a> {
     }
 
     /// Makes `this` the device's queue owner and creates `queues`.
-    fn claim(
+    ///
+    /// # Safety
+    ///
+    /// `this` points at the `Virtqueues` that owns `queues` until they are deleted, and the
+    /// fields of it that `callback` uses are initialised.
+    unsafe fn claim(
         dev: &Device<device::Bound>,
         queues: KVec<Queue>,
         this: *mut c_void,
@@ -809,8 +821,9 @@ impl<'a> Inner<'a> {
             }
             (*vdev).priv_ = this;
         }
-        // The callback finds `this` through `priv`, and the fields it uses are initialised.
-        let vqs = Self::find(dev, &queues, callback).inspect_err(|_| {
+        // SAFETY: `priv` points at `this` (above), for which `callback` is made (safety
+        // requirements).
+        let vqs = unsafe { Self::find(dev, &queues, callback) }.inspect_err(|_| {
             // SAFETY: As above; on failure the transport has undone everything it did.
             unsafe { (*vdev).priv_ = null_mut() };
         })?;
@@ -821,8 +834,14 @@ impl<'a> Inner<'a> {
         Ok(queues)
     }
 
-    /// Creates the queues (`find_vqs`) and returns them; `priv` must point at their owner.
-    fn find(
+    /// Creates the queues (`find_vqs`) and returns them.
+    ///
+    /// # Safety
+    ///
+    /// `dev`'s `priv` points at the `Virtqueues` that owns `queues` until they are deleted, whose
+    /// fields that `callback` uses are initialised: the queues' interrupts may call it as soon
+    /// as they exist.
+    unsafe fn find(
         dev: &Device<device::Bound>,
         queues: &[Queue],
         callback: VqCallback,
@@ -936,9 +955,11 @@ impl<'a> Inner<'a> {
         if self.live.load(Relaxed) {
             return Err(EBUSY);
         }
-        // `priv` still points at `self`. Before any ring exists that a waiter could find broken.
+        // Before any ring exists that a waiter could find broken.
         self.head.quiesce.rearm();
-        let vqs = Self::find(self.dev, &self.queues, self.callback)?;
+        // SAFETY: `priv` still points at the `Virtqueues` whose core is `self` (type invariant),
+        // fully initialised, and `self.callback` is its callback.
+        let vqs = unsafe { Self::find(self.dev, &self.queues, self.callback) }?;
         for ((queue, slot), vq) in self.queues.iter().zip(self.head.slots.iter()).zip(vqs) {
             let _ring = slot.ring.lock();
             queue.vq.store(vq, Relaxed);
@@ -1068,7 +1089,10 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             // this type's.
             core <- unsafe { Inner::new(dev, parts?, this.as_ptr().cast(), Self::callback) },
             fence: {
-                // SAFETY: The queues were just created for `this`, and are not used yet.
+                // SAFETY: The queues were just created for `this`. The reset stops the device,
+                // and `del_vqs` frees the queues' interrupts, which waits for a callback in
+                // flight (`free_irq()`), before pin-init drops `core` and `handler`, which the
+                // callbacks use.
                 let undo = || unsafe {
                     bindings::virtio_reset_device(dev.as_raw());
                     del_vqs(dev.as_raw());

@@ -238,10 +238,12 @@ impl<'bound> Head<'bound> {
 
 /// `dev`'s driver data pointer, as readers that may race with its store see it.
 fn slot<Ctx: device::DeviceContext>(dev: &device::Device<Ctx>) -> &Atomic<*mut c_void> {
-    // The driver core's plain `dev_set_drvdata(dev, NULL)` in `device_unbind_cleanup()` comes
-    // after the devres actions ran and the queues were deleted, when nothing reads it any more.
-    // SAFETY: `dev` is valid, and its `driver_data` lives as long as the borrow. Apart from that
-    // store, it is only accessed atomically: by `publish`, `unpublish` and `schedule_work`.
+    // The driver core's plain accesses (`drvdata_obtain()` in `post_unbind_rust`, and
+    // `dev_set_drvdata(dev, NULL)`, in `device_unbind_cleanup()`) come after remove returned,
+    // with the queues deleted and the binding's gate closed (which ended what the driver
+    // leaked): nothing reads the pointer any more.
+    // SAFETY: `dev` is valid, and its `driver_data` lives as long as the borrow. Apart from those
+    // accesses, it is only accessed atomically: by `publish`, `unpublish` and `schedule_work`.
     unsafe { Atomic::from_ptr(&raw mut (*dev.as_raw()).driver_data) }
 }
 
@@ -253,7 +255,8 @@ fn publish(dev: &device::Device<device::CoreInternal<'_>>, ptr: *mut c_void) {
 /// Clears `dev`'s driver data and returns what it was, once nobody uses it.
 ///
 /// [`Device::schedule_work`] may still read the pointer from a queue callback until the driver's
-/// queues are deleted, or from a leaked registration until the device's devres actions run.
+/// queues are deleted, or from a leaked registration until the binding's gate is closed, at the
+/// end of remove.
 fn unpublish(dev: &device::Device<device::CoreInternal<'_>>) -> *mut c_void {
     take_published(slot(dev))
 }
