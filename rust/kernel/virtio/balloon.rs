@@ -22,9 +22,10 @@ use core::mem::{
 /// balloon).
 ///
 /// `free_page_hint_cmd_id` exists only with `VIRTIO_BALLOON_F_FREE_PAGE_HINT` (bit 3), and
-/// `poison_val` only with `VIRTIO_BALLOON_F_PAGE_POISON` (bit 4): without the feature the
-/// device's configuration ends before them, and the accessors do not touch them (reads give
-/// zeroes).
+/// `poison_val` only with `VIRTIO_BALLOON_F_PAGE_POISON` (bit 4). The accessors follow the
+/// device's size: `poison_val` and, without either feature, `free_page_hint_cmd_id` are not
+/// accessed (reads give zeroes); with `PAGE_POISON` alone `free_page_hint_cmd_id` is within the
+/// space but means nothing.
 #[repr(C)]
 pub struct Config {
     /// The number of frames the host wants in the balloon.
@@ -49,15 +50,16 @@ const F_PAGE_POISON: Feature = Feature::new(4);
 
 // SAFETY: `Config` is `#[repr(C)]` with the four `__le32` fields of `struct virtio_balloon_config`
 // at its offsets (asserted above; the union is one 4-byte field). The spec has
-// `free_page_hint_cmd_id` only with `F_FREE_PAGE_HINT` negotiated, and `poison_val` only with
-// `F_PAGE_POISON`, which `size` follows.
+// `free_page_hint_cmd_id` only with `F_FREE_PAGE_HINT` negotiated and `poison_val` only with
+// `F_PAGE_POISON`, whose space then has all 16 bytes (as QEMU, which sizes it by the offered
+// features, a superset); `size` is never more than that.
 unsafe impl ConfigSpace for Config {
     const DEVICE: u32 = DeviceId::BALLOON;
 
     fn size(dev: &Device<Bound>) -> usize {
-        if dev.negotiated_any(F_PAGE_POISON) {
+        if dev.test_feature_bit(F_PAGE_POISON) {
             size_of::<Config>()
-        } else if dev.negotiated_any(F_FREE_PAGE_HINT) {
+        } else if dev.test_feature_bit(F_FREE_PAGE_HINT) {
             offset_of!(Config, poison_val)
         } else {
             offset_of!(Config, free_page_hint_cmd_id)

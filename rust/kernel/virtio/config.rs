@@ -12,15 +12,20 @@
 //!
 //! A driver cannot describe the layout itself in safe code: an offset past the device's
 //! configuration space reaches whatever the transport maps there (on virtio-mmio, the registers
-//! of the next device, whose queue addresses would point its DMA at guest memory), and
-//! transports check none, or `BUG()`. For the same reason a field that the negotiated features
-//! do not provide is not accessed: reads give zeroes, writes do nothing, and the log says so.
+//! of the next device, whose queue addresses would point its DMA at guest memory). virtio-mmio
+//! and legacy PCI check nothing, modern PCI `BUG()`s, vDPA refuses. For the same reason a field
+//! that the negotiated features do not provide, or of another device type's layout, is not
+//! accessed: reads give zeroes, writes do nothing, and the log says so once.
 
 use super::Device;
 use crate::{
     bindings,
     device,
-    prelude::*, //
+    prelude::*,
+    sync::atomic::{
+        Atomic,
+        Relaxed, //
+    }, //
 };
 use core::mem::size_of;
 use zerocopy::Immutable;
@@ -51,33 +56,33 @@ pub(super) const fn access_width(offset: usize, len: usize) -> usize {
 /// `Self` is `#[repr(C)]`, and each of its fields has the offset and the size that the virtio
 /// specification gives it in the configuration space of devices of type [`Self::DEVICE`]; for
 /// such a device, the first [`ConfigSpace::size`] bytes of `Self` lie within its configuration
-/// space.
+/// space as the specification has it. (A device whose transport maps less than that is not
+/// guarded against, as in C: modern PCI then `BUG()`s.)
 pub unsafe trait ConfigSpace: Sized {
     /// The device type (`VIRTIO_ID_*`, see [`DeviceId`](super::DeviceId)).
     const DEVICE: u32;
 
-    /// How much of the layout `dev`, a device of type [`Self::DEVICE`], has: fields that exist
-    /// only with a feature are missing without it (the transports size the space by features).
-    fn size(dev: &Device<device::Bound>) -> usize {
-        let _ = dev;
-        size_of::<Self>()
-    }
+    /// How much of the layout `dev`, a device of type [`Self::DEVICE`], has given its negotiated
+    /// features, at most `size_of::<Self>()`: fields that exist only with a feature lie past the
+    /// end of a device's configuration space without it. Called only for such a device.
+    fn size(dev: &Device<device::Bound>) -> usize;
 }
+
+/// Logs a configuration access refused by [`Device::has_field`]: once, as it comes from a driver
+/// bug that a loop would repeat.
+static REFUSED: Atomic<bool> = Atomic::new(false);
 
 impl Device<device::Bound> {
     /// Reads the field of type `F` at `offset` of the configuration layout `C`.
     ///
-    /// A field of up to 4 bytes, read in one access, cannot tear and is read once, as
-    /// `virtio_cread32()` does; a wider one is read repeatedly until the device's configuration
-    /// generation is stable. Use [`virtio_cread!`](crate::virtio_cread).
-    ///
-    /// # Safety
-    ///
-    /// `offset` is the offset in `C` of the field `field` projects to.
+    /// A field of up to 4 bytes is read once, as `virtio_cread32()` does (in one access on
+    /// modern transports; legacy PCI and virtio-mmio version 1 read it byte by byte, as for C); a
+    /// wider one is read repeatedly until the device's configuration generation is stable. Use
+    /// [`virtio_cread!`](crate::virtio_cread).
     #[doc(hidden)]
     #[inline]
     #[track_caller]
-    pub unsafe fn config_read<C: ConfigSpace, F: FromBytes + IntoBytes>(
+    pub fn config_read<C: ConfigSpace, F: FromBytes + IntoBytes>(
         &self,
         offset: usize,
         _field: fn(&C) -> &F,
@@ -87,20 +92,16 @@ impl Device<device::Bound> {
         );
         let mut value = F::new_zeroed();
         // `F: FromBytes` makes any bytes the device returns a valid `F`.
-        self.read_config(C::DEVICE, C::size(self), offset, value.as_mut_bytes());
+        self.read_config(self.layout_size::<C>(), offset, value.as_mut_bytes());
         value
     }
 
     /// Writes `value` to the field of type `F` at `offset` of the configuration layout `C`.
     /// Use [`virtio_cwrite!`](crate::virtio_cwrite).
-    ///
-    /// # Safety
-    ///
-    /// `offset` is the offset in `C` of the field `field` projects to.
     #[doc(hidden)]
     #[inline]
     #[track_caller]
-    pub unsafe fn config_write<C: ConfigSpace, F: IntoBytes + Immutable>(
+    pub fn config_write<C: ConfigSpace, F: IntoBytes + Immutable>(
         &self,
         offset: usize,
         _field: fn(&C) -> &F,
@@ -109,44 +110,45 @@ impl Device<device::Bound> {
         build_assert!(
             size_of::<F>() <= size_of::<C>() && offset <= size_of::<C>() - size_of::<F>()
         );
-        self.write_config(C::DEVICE, C::size(self), offset, value.as_bytes());
+        self.write_config(self.layout_size::<C>(), offset, value.as_bytes());
     }
 
-    /// Whether the `len` bytes at `offset` of a layout for devices of type `device`, of which
-    /// this device has `size`, are there: the device is of that type and has the field. A driver
-    /// that asks for another type's layout, or for a field its features do not provide, is told
-    /// so in the log.
-    #[track_caller]
-    fn has_field(&self, device: u32, size: usize, offset: usize, len: usize) -> bool {
-        // SAFETY: `self` is a valid device; its id does not change.
-        let ours = unsafe { (*self.as_raw()).id.device };
-        if ours != device {
-            dev_err!(
-                self.as_ref(),
-                "configuration layout of device type {} used on type {}: not accessed\n",
-                device,
-                ours
-            );
-            return false;
+    /// How much of the layout `C` this device has: none if it is of another type.
+    #[inline]
+    fn layout_size<C: ConfigSpace>(&self) -> usize {
+        if self.device_type() == C::DEVICE {
+            C::size(self).min(size_of::<C>())
+        } else {
+            0
         }
-        if offset > size || len > size - offset {
+    }
+
+    /// Whether this device has the `len` bytes at `offset` of a layout of which it has `size`
+    /// (see [`ConfigSpace`]); a driver that asks for a field its device does not have is told
+    /// so in the log, once.
+    #[track_caller]
+    fn has_field(&self, size: usize, offset: usize, len: usize) -> bool {
+        if offset <= size && len <= size - offset {
+            return true;
+        }
+        if !REFUSED.xchg(true, Relaxed) {
             dev_err!(
                 self.as_ref(),
-                "configuration field at {} not provided by the negotiated features: not accessed\n",
+                "configuration field at {} not in the layout of this device type and features: \
+                 not accessed\n",
                 offset
             );
-            return false;
         }
-        true
+        false
     }
 
     /// [`Self::config_read`]'s work, not generic: the driver's module carries no copy of it.
     /// Reads zeroes for a field the device does not have (see [`Self::has_field`]).
     #[track_caller]
-    fn read_config(&self, device: u32, size: usize, offset: usize, buf: &mut [u8]) {
+    fn read_config(&self, size: usize, offset: usize, buf: &mut [u8]) {
         // Transports may sleep here (vDPA takes a semaphore), as `virtio_cread8()` says.
         crate::task::might_sleep();
-        if !self.has_field(device, size, offset, buf.len()) {
+        if !self.has_field(size, offset, buf.len()) {
             buf.fill(0);
             return;
         }
@@ -159,8 +161,8 @@ impl Device<device::Bound> {
             // C calls `get` directly too (`virtio_cread8()`); there is no wrapper to call.
             if let Some(get) = unsafe { (*(*vdev).config).get } {
                 // SAFETY: `vdev` is a valid device, and `buf` is valid for writes of `len`
-                // bytes, which lie within its configuration space: a field of a `ConfigSpace`
-                // layout of its type, within the size the layout gives for it (checked above).
+                // bytes, which lie within its configuration space as the specification has it:
+                // within the size a `ConfigSpace` layout of its type gives for it (checked).
                 unsafe { get(vdev, offset as u32, buf.as_mut_ptr().cast(), len as u32) };
             }
             return;
@@ -180,9 +182,9 @@ impl Device<device::Bound> {
     /// [`Self::config_write`]'s work, not generic. Writes nothing to a field the device does
     /// not have (see [`Self::has_field`]).
     #[track_caller]
-    fn write_config(&self, device: u32, size: usize, offset: usize, bytes: &[u8]) {
+    fn write_config(&self, size: usize, offset: usize, bytes: &[u8]) {
         crate::task::might_sleep();
-        if !self.has_field(device, size, offset, bytes.len()) {
+        if !self.has_field(size, offset, bytes.len()) {
             return;
         }
         let vdev = self.as_raw();
@@ -243,15 +245,11 @@ impl Device<device::Bound> {
 /// ```
 #[macro_export]
 macro_rules! virtio_cread {
-    ($dev:expr, $layout:ty, $field:ident) => {{
-        let dev = $dev;
-        // SAFETY: The offset is that of the field the closure projects to.
-        unsafe {
-            dev.config_read(::core::mem::offset_of!($layout, $field), |c: &$layout| {
-                &c.$field
-            })
-        }
-    }};
+    ($dev:expr, $layout:ty, $field:ident) => {
+        $dev.config_read(::core::mem::offset_of!($layout, $field), |c: &$layout| {
+            &c.$field
+        })
+    };
 }
 
 /// Writes one field of a virtio device's configuration space, whose layout `$layout` is the
@@ -268,15 +266,11 @@ macro_rules! virtio_cread {
 /// ```
 #[macro_export]
 macro_rules! virtio_cwrite {
-    ($dev:expr, $layout:ty, $field:ident, $value:expr) => {{
-        let (dev, value) = ($dev, $value);
-        // SAFETY: The offset is that of the field the closure projects to.
-        unsafe {
-            dev.config_write(
-                ::core::mem::offset_of!($layout, $field),
-                |c: &$layout| &c.$field,
-                value,
-            )
-        }
-    }};
+    ($dev:expr, $layout:ty, $field:ident, $value:expr) => {
+        $dev.config_write(
+            ::core::mem::offset_of!($layout, $field),
+            |c: &$layout| &c.$field,
+            $value,
+        )
+    };
 }

@@ -103,13 +103,13 @@ pub(super) fn negotiated(dev: &Device<device::Bound>, feature: Feature) -> bool 
         );
         return false;
     }
-    dev.negotiated_any(feature)
+    dev.test_feature_bit(feature)
 }
 
 impl Device<device::Bound> {
     /// Whether `feature` was negotiated, whether or not the driver offers it: for the
     /// abstraction's own checks, such as which configuration fields the device has.
-    pub(crate) fn negotiated_any(&self, feature: Feature) -> bool {
+    pub(crate) fn test_feature_bit(&self, feature: Feature) -> bool {
         // SAFETY: `self` is a valid `struct virtio_device` and `feature` is below
         // `VIRTIO_FEATURES_BITS` by the type invariant.
         unsafe { bindings::__virtio_test_bit(self.as_raw(), feature.0) }
