@@ -367,12 +367,14 @@ class Guest:
         free = int(lines[0].split()[1]) // 4
         return free + sum(int(l.split()[1]) for l in lines[1:])
 
-    def free_gained_by(self, cmd, timeout=120):
-        """Runs `cmd`; returns the free pages it gained. Slab growth meanwhile
-        counts as freed: KASAN's quarantine keeps freed objects' slabs for a
-        while. Over one command little else moves (page tables, per-CPU
-        lists), so a page the command should free and does not shows."""
-        free, slab = self.free_pages(), self.meminfo()["Slab"]
+    def free_gained_by(self, cmd, timeout=120, free=None):
+        """Runs `cmd`; returns the free pages it gained since `free` (read now
+        if not given). Slab growth meanwhile counts as freed: KASAN's
+        quarantine keeps freed objects' slabs for a while. Over one command
+        little else moves (page tables, per-CPU lists), so a page the command
+        should free and does not shows."""
+        free = self.free_pages() if free is None else free
+        slab = self.meminfo()["Slab"]
         self.sh(cmd, timeout=timeout)
         return self.free_pages() - free + (self.meminfo()["Slab"] - slab) * 1024 // PAGE
 

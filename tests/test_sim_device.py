@@ -92,14 +92,11 @@ class Bound:
             self.loaded = False
             return
         held, free = self.quiet_free()
-        slab = g.meminfo()["Slab"]
-        g.sh(f"rmmod {self.module}", timeout=timeout)
-        self.loaded = False
         # Across the unload alone little else moves: a leak of the
         # balloon's pages shows here even where the whole test's drift
-        # hides it. Slab growth meanwhile (KASAN's quarantine) is counted
-        # as freed; a little else (page tables, per-CPU lists) may move.
-        gained = g.free_pages() - free + (g.meminfo()["Slab"] - slab) * 1024 // PAGE
+        # hides it.
+        gained = g.free_gained_by(f"rmmod {self.module}", timeout=timeout, free=free)
+        self.loaded = False
         assert gained * PAGE > held * PAGE - 4 * MiB - held * PAGE // 256, (
             f"{held} pages in the balloon, {gained} free pages gained by unload")
 

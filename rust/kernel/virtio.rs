@@ -187,10 +187,10 @@ impl<T: Driver + 'static> Adapter<T> {
             // SAFETY: Before the driver's probe, so the binding's first devres action; nothing
             // of the driver runs once the gate is closed (its fences have ended).
             let gate = unsafe { Gate::new(bound.as_ref()) }?;
-            // SAFETY: The driver data lives until remove; what outlives it (the device, statics)
-            // stays valid until the binding's devres actions run, after remove. `gate` is this
-            // binding's, made before the driver registers anything, and closed after the driver
-            // data is dropped, before the devres actions run (at the end of remove, or below).
+            // The driver data lives until remove; what outlives it (the device, statics) stays
+            // valid until the binding's devres actions run, after remove.
+            // SAFETY: As just said. `gate` is this binding's, made before the driver registers
+            // anything, and closed after the driver data is dropped (end of remove, or below).
             let binding = unsafe { Binding::new(bound, gate) };
             let data = KBox::pin_init(
                 Private::<T>::new(vdev, gate, T::probe(dev, binding)),

@@ -301,11 +301,11 @@ impl GateState {
         let inner = unsafe { (*link).inner };
         // SAFETY: `link` is on the list.
         unsafe { self.unlink(link) };
-        // SAFETY: `inner` comes from `Arc::as_ptr()` in `arm()`. Its `Ending` was on the list and
-        // the caller holds the gate's lock, so the `Ending`'s drop, which takes that lock before
-        // it returns, has not returned: the allocation still has the reference its devres node
-        // holds (which `Devres::new` took), dropped only after the `Ending` was. A `Devres` is
-        // never a `UniqueArc`.
+        // Its `Ending` was on the list and the caller holds the gate's lock, so the `Ending`'s
+        // drop, which takes that lock before it returns, has not returned: the allocation still
+        // has the reference its devres node holds (taken by `Devres::new`), dropped only later.
+        // SAFETY: `inner` comes from `Arc::as_ptr()` in `arm()`, its count is not zero (above),
+        // and a `Devres` is never a `UniqueArc`.
         Some(unsafe { ArcBorrow::from_raw(inner) }.into())
     }
 }

@@ -48,11 +48,11 @@ const _: () = {
 const F_FREE_PAGE_HINT: Feature = Feature::new(3);
 const F_PAGE_POISON: Feature = Feature::new(4);
 
-// SAFETY: `Config` is `#[repr(C)]` with the four `__le32` fields of `struct virtio_balloon_config`
-// at its offsets (asserted above; the union is one 4-byte field). The spec has
-// `free_page_hint_cmd_id` only with `F_FREE_PAGE_HINT` negotiated and `poison_val` only with
-// `F_PAGE_POISON`, whose space then has all 16 bytes (as QEMU, which sizes it by the offered
-// features, a superset); `size` is never more than that.
+// The spec has `free_page_hint_cmd_id` only with `F_FREE_PAGE_HINT` negotiated and `poison_val`
+// only with `F_PAGE_POISON`, whose space then has all 16 bytes (QEMU sizes it by the offered
+// features, a superset).
+// SAFETY: `#[repr(C)]` with the fields of `struct virtio_balloon_config` at its offsets (asserted
+// above; the union is one 4-byte field); `size` never exceeds what the features provide (above).
 unsafe impl ConfigSpace for Config {
     const DEVICE: u32 = DeviceId::BALLOON;
 

@@ -1089,11 +1089,11 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
             // this type's.
             core <- unsafe { Inner::new(dev, parts?, this.as_ptr().cast(), Self::callback) },
             fence: {
-                // SAFETY: The queues were just created for `this`. The transport's reset and
-                // `del_vqs` stop its callbacks, as C drivers' remove relies on (PCI and MMIO free
-                // the interrupts, which waits for a handler in flight; a vDPA parent runs them
-                // under the lock its reset takes), before pin-init drops `core` and `handler`,
-                // which the callbacks use.
+                // The transport's reset and `del_vqs` stop the callbacks, as C drivers' remove
+                // relies on (PCI and MMIO free the interrupts, which waits for a handler in
+                // flight; a vDPA parent runs them under the lock its reset takes).
+                // SAFETY: The queues were just created for `this`; their callbacks stop (above)
+                // before pin-init drops `core` and `handler`, which the callbacks use.
                 let undo = || unsafe {
                     bindings::virtio_reset_device(dev.as_raw());
                     del_vqs(dev.as_raw());
