@@ -367,16 +367,24 @@ class Guest:
         free = int(lines[0].split()[1]) // 4
         return free + sum(int(l.split()[1]) for l in lines[1:])
 
+    # Where memory freed by a command goes again within it: slab (KASAN's
+    # quarantine keeps freed objects' slabs for a while), and, in a guest
+    # that was short of memory, the page cache and anonymous pages that
+    # reclaim had taken and that the freed memory lets back in.
+    REFILLED = ("Slab", "Cached", "Buffers", "AnonPages", "PageTables")
+
     def free_gained_by(self, cmd, timeout=120, free=None):
         """Runs `cmd`; returns the free pages it gained since `free` (read now
-        if not given). Slab growth meanwhile counts as freed: KASAN's
-        quarantine keeps freed objects' slabs for a while. Over one command
-        little else moves (page tables, per-CPU lists), so a page the command
-        should free and does not shows."""
+        if not given), counting what REFILLED took meanwhile as freed. A page
+        the command should free and does not is in none of these, so it
+        shows. The kB each of them moved is left in `self.refilled`."""
         free = self.free_pages() if free is None else free
-        slab = self.meminfo()["Slab"]
+        before = self.meminfo()
         self.sh(cmd, timeout=timeout)
-        return self.free_pages() - free + (self.meminfo()["Slab"] - slab) * 1024 // PAGE
+        after = self.meminfo()
+        self.refilled = {k: after[k] - before[k] for k in self.REFILLED}
+        return (self.free_pages() - free
+                + sum(self.refilled.values()) * 1024 // PAGE)
 
     # -- QMP ---------------------------------------------------------------
 

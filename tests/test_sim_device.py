@@ -98,7 +98,8 @@ class Bound:
         gained = g.free_gained_by(f"rmmod {self.module}", timeout=timeout, free=free)
         self.loaded = False
         assert gained * PAGE > held * PAGE - 4 * MiB - held * PAGE // 256, (
-            f"{held} pages in the balloon, {gained} free pages gained by unload")
+            f"{held} pages in the balloon, {gained} free pages gained by unload; "
+            f"meanwhile kB: {g.refilled}")
 
     def quiet_free(self, timeout=120):
         """The balloon's size and the free pages, read when no free page

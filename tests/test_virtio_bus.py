@@ -76,7 +76,8 @@ def test_bind_unbind_through_sysfs(guest, drv):
             # single unbind came 1128 pages short once in 12 (C's; the
             # others were within 130 pages): the guest's own allocations.
             assert held - 16 * MiB // PAGE < gained < held + 64 * MiB // PAGE, (
-                f"{held} pages in the balloon, {gained} free pages gained by unbind")
+                f"{held} pages in the balloon, {gained} free pages gained by unbind; "
+                f"meanwhile kB: {guest.refilled}")
             guest.sh(f"echo {dev} > /sys/bus/virtio/drivers/{name}/bind")
             assert bound_driver(guest, dev) == name
         guest.wait_actual(target, timeout=MOVE_TIMEOUT)
