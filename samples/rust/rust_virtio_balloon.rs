@@ -19,13 +19,14 @@
 //!
 //! # Locking
 //!
-//! - [`Host::pfns`] (the one frame-number buffer) serialises every request to the host, as
-//!   `balloon_lock` does in C. Migration only try-locks it: inflation may hold it while waiting
-//!   for memory that the migration would free.
+//! - The inflate queue's ring lock, which the deflate queue shares, serialises every request to
+//!   the host, as `balloon_lock` does in C; each of the two queues keeps its frame-number buffer
+//!   under it. Migration only try-locks it: inflation may hold it while waiting for memory that
+//!   the migration would free.
 //! - Resizing runs only in the driver's work item, unbind and freeze, which never run
 //!   concurrently (but for a kexec jump, which leaves the work running during freeze, as in C);
-//!   the OOM notifier deflates concurrently with them. Each step is one request, under
-//!   [`Host::pfns`].
+//!   the OOM notifier deflates concurrently with them. Each step is one request, under that
+//!   lock.
 
 use core::mem::size_of;
 
@@ -197,40 +198,54 @@ impl virtqueue::Handler for Events<'_> {
 struct Host<'a> {
     #[pin]
     vqs: virtio::Virtqueues<'a, Events<'a>>,
-    /// The one frame-number buffer; `None` only if the device kept it (a broken device).
-    #[pin]
-    pfns: Mutex<Option<PfnBuffer>>,
 }
 
 impl Host<'_> {
-    /// Sends the frames of `pages` on `queue` and waits until the host has read them.
-    fn tell(
-        &self,
-        slot: &mut Option<PfnBuffer>,
-        queue: QueueId<PfnBuffer>,
-        pages: impl IntoIterator<Item = Pfn>,
-    ) -> Result {
-        // Filled in its slot, which it leaves only for the ring: a failure leaves it there.
-        let buf = slot.as_deref_mut().ok_or(EIO)?;
-        let frames = pages.into_iter().flat_map(Pfn::frames_4k);
-        let mut n = 0;
-        for (entry, frame) in buf.iter_mut().zip(frames) {
-            *entry = le::U32::new(u32::try_from(frame)?);
-            n += 1;
+    /// Gives the inflate and deflate queues a frame-number buffer each, where they have none: at
+    /// probe, and at restore if the device kept one (a broken device).
+    fn provide_buffers(&self) -> Result {
+        for queue in [INFLATE, DEFLATE] {
+            let mut vq = self.vqs.lock(queue)?;
+            let buf = match vq.take_spare() {
+                Some(buf) => buf,
+                None => KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL)?,
+            };
+            vq.set_spare(buf);
         }
-        self.send(slot, queue, n)
+        Ok(())
     }
 
-    /// Sends the buffer's first `n` frames as `tell` does; not generic over the pages.
-    fn send(&self, slot: &mut Option<PfnBuffer>, queue: QueueId<PfnBuffer>, n: usize) -> Result {
-        let mut vq = self.vqs.lock(queue)?;
-        let buf = slot.take().ok_or(EIO)?;
+    /// Sends the frames of `pages` on `vq` (inflate or deflate), in its buffer, and waits until
+    /// the host has read them.
+    fn tell(vq: &mut QueueGuard<'_, PfnBuffer>, pages: impl IntoIterator<Item = Pfn>) -> Result {
+        let mut buf = vq.take_spare().ok_or(EIO)?;
+        let frames = pages.into_iter().flat_map(Pfn::frames_4k);
+        let mut n = 0;
+        let fits = buf.iter_mut().zip(frames).all(|(entry, frame)| {
+            u32::try_from(frame)
+                .map(|frame| {
+                    *entry = le::U32::new(frame);
+                    n += 1;
+                })
+                .is_ok()
+        });
+        if !fits {
+            vq.set_spare(buf);
+            return Err(ERANGE);
+        }
+        Self::send(vq, buf, n)
+    }
+
+    /// Sends the first `n` frames of `buf` as `tell` does; not generic over the pages. The buffer
+    /// is the queue's spare again after, unless the device kept it.
+    fn send(vq: &mut QueueGuard<'_, PfnBuffer>, buf: PfnBuffer, n: usize) -> Result {
         if let Err((err, buf)) = vq.add_outbuf(buf, n * size_of::<le::U32>(), GFP_KERNEL) {
-            *slot = Some(buf);
+            vq.set_spare(buf);
             return Err(err);
         }
         vq.kick();
-        *slot = Some(vq.wait_buf()?.buf);
+        let used = vq.wait_buf()?;
+        vq.set_spare(used.buf);
         Ok(())
     }
 }
@@ -242,14 +257,16 @@ impl balloon::MigrationHandler for Host<'_> {
         old: &balloon::OldPage<'_>,
         _mode: balloon::MigrateMode,
     ) -> Migration {
-        let Some(mut slot) = self.pfns.try_lock() else {
+        let Ok(mut inflate) = self.vqs.try_lock(INFLATE) else {
             return Migration::Busy;
         };
-        if self.tell(&mut slot, INFLATE, [new.pfn()]).is_err() {
+        if Host::tell(&mut inflate, [new.pfn()]).is_err() {
             return Migration::Busy;
         }
         // The host has the new page: the old one leaves the balloon whatever happens now.
-        let _ = self.tell(&mut slot, DEFLATE, [old.pfn()]);
+        if let Ok(mut deflate) = inflate.sibling(DEFLATE) {
+            let _ = Host::tell(&mut deflate, [old.pfn()]);
+        }
         Migration::Migrated
     }
 }
@@ -292,18 +309,19 @@ impl Shared<'_> {
         if list.is_empty() {
             return Ok(0);
         }
-        self.host()
-            .tell(&mut self.host().pfns.lock(), INFLATE, list.pfns())?;
+        Host::tell(&mut self.host().vqs.lock(INFLATE)?, list.pfns())?;
         Ok(self.balloon.enqueue_list(list.as_mut()))
     }
 
     /// Deflates by up to `count` pages, telling the host first; returns how many left.
     fn leak(&self, count: usize) -> usize {
         stack_pin_init!(let list = balloon::PageList::new());
-        let mut slot = self.host().pfns.lock();
+        // Held across the dequeue, as C holds `balloon_lock`; a queue that cannot be locked (its
+        // device frozen) fails the request below, not the deflate.
+        let vq = self.host().vqs.lock(DEFLATE);
         let n = self.balloon.dequeue_list(list.as_mut(), count);
         if n != 0 {
-            if let Err(e) = self.host().tell(&mut slot, DEFLATE, list.pfns()) {
+            if let Err(e) = vq.and_then(|mut vq| Host::tell(&mut vq, list.pfns())) {
                 // The device is gone or broken: the pages are the guest's again either way.
                 dev_warn!(self.dev, "deflating {} pages untold: {:?}\n", n, e);
             }
@@ -555,7 +573,7 @@ impl<'a> Shared<'a> {
     ) -> Result<Arc<Self>> {
         let queues = [
             QueueInfo::new(INFLATE, c"inflate"),
-            QueueInfo::new(DEFLATE, c"deflate"),
+            QueueInfo::new(DEFLATE, c"deflate").locked_with(INFLATE),
             QueueInfo::new(STATS, c"stats").only_if(dev.has_feature(F_STATS_VQ)),
             QueueInfo::new(FREE_PAGE, c"free_page_vq")
                 .without_callback()
@@ -564,7 +582,6 @@ impl<'a> Shared<'a> {
             QueueInfo::lending(REPORTING, c"reporting_vq").only_if(dev.has_feature(F_REPORTING)),
         ];
         let bound = binding.device();
-        let pfns = KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL)?;
         let events = Events {
             dev: bound,
             stats_requested: Atomic::new(false),
@@ -589,14 +606,12 @@ impl<'a> Shared<'a> {
                 balloon <- balloon::Balloon::new_for(
                     binding,
                     managed,
-                    try_pin_init!(Host {
-                        vqs <- vqs,
-                        pfns <- new_mutex!(Some(pfns)),
-                    }? Error),
+                    try_pin_init!(Host { vqs <- vqs }? Error),
                 ),
             }? Error),
             GFP_KERNEL,
         )?;
+        this.host().provide_buffers()?;
         this.prime_stats()?;
         // One descriptor is kept for the stop id.
         if this.hints.is_some() && this.host().vqs.ring_size(FREE_PAGE)? < 2 {
@@ -837,11 +852,7 @@ impl virtio::Driver for VirtioBalloonDriver {
         let vqs = &this.core.host().vqs;
         vqs.restore(dev)?;
         // A request the device still held when the queues were deleted took its buffer along.
-        let mut pfns = this.core.host().pfns.lock();
-        if pfns.is_none() {
-            *pfns = Some(KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL)?);
-        }
-        drop(pfns);
+        this.core.host().provide_buffers()?;
         this.core.prime_stats()?;
         dev.ready();
         this.core.update_actual();

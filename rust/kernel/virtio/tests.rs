@@ -101,6 +101,39 @@ mod kunit {
     }
 
     #[test]
+    fn queues_share_the_lock_of_a_queue_with_its_own() -> Result {
+        const A: QueueId<KBox<u64>> = QueueId::new(0);
+        const B: QueueId<KBox<u64>> = QueueId::new(1);
+        const C: QueueId<KBox<u32>> = QueueId::new(2);
+        let (a, b, c) = (
+            QueueInfo::new(A, c"a"),
+            QueueInfo::new(B, c"b"),
+            QueueInfo::new(C, c"c"),
+        );
+        assert_eq!(QueueInfo::check_rings(&[a, b, c])?[..], [0, 1, 2]);
+        assert_eq!(
+            QueueInfo::check_rings(&[a, b.locked_with(A), c.locked_with(A)])?[..],
+            [0, 0, 0]
+        );
+        assert_eq!(
+            QueueInfo::check_rings(&[a.locked_with(B), b, c])?[..],
+            [1, 1, 2]
+        );
+        // One lock per group: a guard never takes two, so no lock order to get wrong.
+        assert!(QueueInfo::check_rings(&[a, b.locked_with(A), c.locked_with(B)]).is_err());
+        // A queue that does not exist, or is unused, has no lock to share.
+        let nowhere = QueueId::<KBox<u64>>::new(7);
+        assert!(QueueInfo::check_rings(&[a, b.locked_with(nowhere)]).is_err());
+        assert!(QueueInfo::check_rings(&[QueueInfo::unused(), b.locked_with(A)]).is_err());
+        // An unused queue locks nothing.
+        assert_eq!(
+            QueueInfo::check_rings(&[a, b.locked_with(A).only_if(false)])?[..],
+            [0, 1]
+        );
+        Ok(())
+    }
+
+    #[test]
     fn boxed_buffers_round_trip() -> Result {
         let buf = KBox::new([7u32; 16], GFP_KERNEL)?;
         let (ptr, len) = buf.region();

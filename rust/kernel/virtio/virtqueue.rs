@@ -18,7 +18,11 @@
 //! # Context and locking
 //!
 //! - Ring operations (add, kick, get_buf, callback control) need mutual exclusion per queue:
-//!   each queue has a mutex, taken by [`Virtqueues::lock`], so they run in process context.
+//!   each queue has a ring mutex, taken by [`Virtqueues::lock`], so they run in process context.
+//!   The driver may let one mutex serialise several queues ([`QueueInfo::locked_with`]): a
+//!   guard of one then reaches the others ([`QueueGuard::sibling`]) without taking another
+//!   lock, and a queue can keep a buffer the driver's requests need ([`QueueGuard::set_spare`])
+//!   under the same lock.
 //! - Queue callbacks run in hard-IRQ context, from the moment `find_vqs` creates the queues,
 //!   before the driver's probe has returned, until the queues are deleted. They only touch state
 //!   initialised before `find_vqs`: the per-queue wait queue and the driver's [`Handler`].
@@ -114,7 +118,7 @@ use crate::mm::pages::Pages;
 /// are.
 #[derive(Clone, Copy)]
 struct BufferType {
-    id: fn() -> TypeId,
+    id: TypeId,
     drop: unsafe fn(*mut c_void),
 }
 
@@ -123,7 +127,7 @@ struct BufferType {
 fn carries(buffer: Option<BufferType>, id: TypeId) -> Result {
     match buffer {
         None => Err(ENOENT),
-        Some(t) if (t.id)() == id => Ok(()),
+        Some(t) if t.id == id => Ok(()),
         Some(_) => Err(EINVAL),
     }
 }
@@ -238,35 +242,42 @@ pub struct QueueInfo {
     callback: bool,
     buffer: Option<BufferType>,
     hints: bool,
+    /// The position of the queue whose ring lock serialises this one; [`OWN_LOCK`] for its own.
+    lock: usize,
 }
+
+/// [`QueueInfo::lock`] of a queue with a ring lock of its own.
+const OWN_LOCK: usize = usize::MAX;
 
 impl QueueInfo {
     /// Queue `id`, named `name`, carrying buffers of type `B`, with notifications.
-    pub const fn new<B: Buffer>(id: QueueId<B>, name: &'static CStr) -> Self {
+    pub fn new<B: Buffer>(id: QueueId<B>, name: &'static CStr) -> Self {
         Self {
             index: id.index,
             name: Some(name),
             callback: true,
             buffer: Some(BufferType {
-                id: TypeId::of::<B>,
+                id: TypeId::of::<B>(),
                 drop: drop_token::<B>,
             }),
             hints: false,
+            lock: OWN_LOCK,
         }
     }
 
     /// A queue through which the driver lends memory it does not own, for the duration of
     /// [`Virtqueues::lend_and_wait`]; it carries no [`Buffer`].
-    pub const fn lending(id: QueueId<Lent>, name: &'static CStr) -> Self {
+    pub fn lending(id: QueueId<Lent>, name: &'static CStr) -> Self {
         Self {
             index: id.index,
             name: Some(name),
             callback: true,
             buffer: Some(BufferType {
-                id: TypeId::of::<Lent>,
+                id: TypeId::of::<Lent>(),
                 drop: forget_token,
             }),
             hints: false,
+            lock: OWN_LOCK,
         }
     }
 
@@ -279,6 +290,7 @@ impl QueueInfo {
             callback: false,
             buffer: None,
             hints: false,
+            lock: OWN_LOCK,
         }
     }
 
@@ -304,6 +316,18 @@ impl QueueInfo {
     pub const fn with_hints(self) -> Self {
         Self {
             hints: true,
+            ..self
+        }
+    }
+
+    /// The same queue, serialised by the ring lock of queue `other` instead of a lock of its
+    /// own: the driver chooses which queues one lock covers. A guard of either queue reaches the
+    /// other ([`QueueGuard::sibling`]), so that a request that uses both takes one lock, as a C
+    /// driver's one mutex covers the queues it serialises. `other` must be a used queue with a
+    /// lock of its own ([`Virtqueues::new`] fails with `EINVAL` otherwise).
+    pub const fn locked_with<C>(self, other: QueueId<C>) -> Self {
+        Self {
+            lock: other.index,
             ..self
         }
     }
@@ -626,11 +650,32 @@ struct Head {
 const _: () = assert!(core::mem::offset_of!(Virtqueues<'static, ()>, core.head) == 0);
 
 /// One queue of the device: how it is created, and its ring while it exists.
+///
+/// # Invariants
+///
+/// `spare` is null, or a token from `into_raw` of the buffer type of `info`, owned by `self`.
 struct Queue {
     info: QueueInfo,
+    /// The position of the slot whose ring mutex serialises this queue: its own, or that of the
+    /// queue given to [`QueueInfo::locked_with`].
+    ring: usize,
     /// The ring; null for an unused queue and while the queues are frozen. Only changed with the
     /// queue's ring mutex held.
     vq: Atomic<*mut bindings::virtqueue>,
+    /// A buffer the driver keeps with the queue ([`QueueGuard::set_spare`]); it stays through
+    /// freeze and restore, and is dropped with the queue.
+    spare: Atomic<*mut c_void>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        let token = self.spare.load(Relaxed);
+        if let (Some(buffer), false) = (self.info.buffer, token.is_null()) {
+            // SAFETY: By the type invariants, `token` comes from `into_raw` of the queue's buffer
+            // type and is ours, and nothing uses it after this.
+            unsafe { (buffer.drop)(token) };
+        }
+    }
 }
 
 /// A queue's `vq_callback_t`.
@@ -672,8 +717,9 @@ pub struct Virtqueues<'a, H: Handler> {
 /// # Invariants
 ///
 /// - `live` is whether the queues exist. While they do, `queues[i].vq` is queue `i` of `dev`, or
-///   null if unused; while they do not, every `vq` is null. Every token in a queue comes from
-///   `into_raw` of the type in `queues[i].info.buffer`.
+///   null if unused; while they do not, every `vq` is null. Every token in a queue, and its
+///   spare, comes from `into_raw` of the type in `queues[i].info.buffer`.
+/// - `queues[i].ring` is `i` or the position of a used queue whose own `ring` it is.
 /// - `head` and `positions` are initialised before the queues exist and outlive them;
 ///   `positions[vq->index]` is the position of `vq` in `queues`.
 /// - `callback` is the callback of every queue that has notifications.
@@ -717,12 +763,27 @@ impl<'a> Inner<'a> {
             v.push(
                 Queue {
                     info: *info,
+                    ring: Self::ring_of(queues, i)?,
                     vq: Atomic::new(null_mut()),
+                    spare: Atomic::new(null_mut()),
                 },
                 GFP_KERNEL,
             )?;
         }
         Ok((Self::positions(queues)?, v))
+    }
+
+    /// The position of the slot whose ring mutex serialises queue `i` of `queues`: `EINVAL` if it
+    /// is locked with a queue that does not exist, is unused, or is itself locked with another
+    /// (one lock per group, so that no guard ever takes two).
+    fn ring_of(queues: &[QueueInfo], i: usize) -> Result<usize> {
+        match queues[i].lock {
+            OWN_LOCK => Ok(i),
+            j => match queues.get(j) {
+                Some(q) if q.name.is_some() && (q.lock == OWN_LOCK || q.lock == j) => Ok(j),
+                _ => Err(EINVAL),
+            },
+        }
     }
 
     /// Creates the queues, with `callback` for their notifications.
@@ -904,9 +965,9 @@ impl<'a> Inner<'a> {
         // SAFETY: `vdev` is a valid device with queues (`live`), those of `self.head.quiesce`,
         // and one of those callbacks runs (above).
         unsafe { self.head.quiesce.reset(vdev, When::Once) };
-        for (queue, slot) in self.queues.iter().zip(self.head.slots.iter()) {
+        for queue in self.queues.iter() {
             // Waiters have left: the ring is broken.
-            let _ring = slot.ring.lock();
+            let _ring = self.ring_lock(queue).lock();
             let vq = queue.vq.xchg(null_mut(), Relaxed);
             // SAFETY: `vq` was queue `queue` of the reset device, and is unreachable now.
             unsafe { reclaim(queue, vq) };
@@ -960,8 +1021,8 @@ impl<'a> Inner<'a> {
         // SAFETY: `priv` still points at the `Virtqueues` whose core is `self` (type invariant),
         // fully initialised, and `self.callback` is its callback.
         let vqs = unsafe { Self::find(self.dev, &self.queues, self.callback) }?;
-        for ((queue, slot), vq) in self.queues.iter().zip(self.head.slots.iter()).zip(vqs) {
-            let _ring = slot.ring.lock();
+        for (queue, vq) in self.queues.iter().zip(vqs) {
+            let _ring = self.ring_lock(queue).lock();
             queue.vq.store(vq, Relaxed);
         }
         self.live.store(true, Relaxed);
@@ -974,7 +1035,7 @@ impl<'a> Inner<'a> {
         if queue.info.name.is_none() {
             return Err(ENOENT);
         }
-        let _ring = self.head.slots[index].ring.lock();
+        let _ring = self.ring_lock(queue).lock();
         let vq = queue.vq.load(Relaxed);
         if vq.is_null() {
             return Err(ENODEV);
@@ -988,11 +1049,11 @@ impl<'a> Inner<'a> {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
         let info = queue.info;
         // Without notifications nothing would end the wait.
-        if info.buffer.map(|t| (t.id)()) != Some(TypeId::of::<Lent>()) || !info.callback {
+        if info.buffer.map(|t| t.id) != Some(TypeId::of::<Lent>()) || !info.callback {
             return Err(EINVAL);
         }
         let slot = &self.head.slots[index];
-        let _ring = slot.ring.lock();
+        let _ring = self.ring_lock(queue).lock();
         let vq = queue.vq.load(Relaxed);
         if vq.is_null() {
             return Err(ENODEV);
@@ -1002,7 +1063,7 @@ impl<'a> Inner<'a> {
         if nents == 0 {
             return Err(EINVAL);
         }
-        // Any non-null token does: the ring mutex makes this the only buffer in the queue.
+        // Any non-null token does: the ring lock makes this the only buffer in the queue.
         let token = core::ptr::from_ref(slot).cast_mut().cast::<c_void>();
         // SAFETY: `vq` is live and we hold its ring mutex; `sg` is valid for `nents` entries over
         // memory that stays lent until the device returns `token` (`Lend`).
@@ -1034,26 +1095,51 @@ impl<'a> Inner<'a> {
         }
     }
 
-    /// [`Virtqueues::lock`]'s work, for the buffer type `id`.
-    fn lock(&self, index: usize, id: TypeId) -> Result<RawGuard<'_>> {
+    /// The mutex that serialises the ring operations of `queue`.
+    fn ring_lock(&self, queue: &Queue) -> &Mutex<()> {
+        &self.head.slots[queue.ring].ring
+    }
+
+    /// [`Virtqueues::lock`]'s and [`Virtqueues::try_lock`]'s work, for the buffer type `id`.
+    fn lock(&self, index: usize, id: TypeId, wait: bool) -> Result<RawGuard<'_>> {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
         carries(queue.info.buffer, id)?;
-        let slot = &self.head.slots[index];
-        let ring = slot.ring.lock();
+        let lock = self.ring_lock(queue);
+        let ring = if wait {
+            lock.lock()
+        } else {
+            lock.try_lock().ok_or(EBUSY)?
+        };
+        // SAFETY: We hold the ring mutex of queue `index`.
+        unsafe { self.guard(index, Some(ring)) }
+    }
+
+    /// A guard of queue `index`, whose ring mutex is `ring`, or is held by the caller's guard of
+    /// another queue of its group if `ring` is `None`.
+    ///
+    /// # Safety
+    ///
+    /// The ring mutex of queue `index` is held, by `ring` or by a guard that cannot be used while
+    /// the returned one lives.
+    unsafe fn guard<'g>(
+        &'g self,
+        index: usize,
+        ring: Option<MutexGuard<'g, ()>>,
+    ) -> Result<RawGuard<'g>> {
+        let queue = &self.queues[index];
         let vq = queue.vq.load(Relaxed);
         if vq.is_null() {
             return Err(ENODEV);
         }
-
-        // INVARIANT: `vq` is a live queue whose tokens come from `into_raw` of the type `id`
-        // (checked above), and the guard holds its ring mutex, without which it does not change.
+        // INVARIANT: `vq` is the live ring of queue `index`, whose ring mutex is held (safety
+        // requirements), without which it does not change.
         Ok(RawGuard {
             _ring: ring,
+            core: self,
+            queue,
             vq,
-            slot,
+            slot: &self.head.slots[index],
             quiesce: &self.head.quiesce,
-            hints: queue.info.hints,
-            callback: queue.info.callback,
         })
     }
 }
@@ -1186,7 +1272,8 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         self.core.lend_and_wait(id.index, mem, flags)
     }
 
-    /// Locks queue `id` for ring operations.
+    /// Locks queue `id` for ring operations, with the ring lock it has, its own or the one it
+    /// shares ([`QueueInfo::locked_with`]).
     ///
     /// Fails with `EINVAL` if there is no such queue or it carries another buffer type than
     /// `id` says (an id made up for another queue), with `ENOENT` if the queue is unused, and
@@ -1195,7 +1282,19 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     pub fn lock<B: Buffer>(&self, id: QueueId<B>) -> Result<QueueGuard<'_, B>> {
         // INVARIANT: `Inner::lock` checked that the queue carries `B`.
         Ok(QueueGuard {
-            raw: self.core.lock(id.index, TypeId::of::<B>())?,
+            raw: self.core.lock(id.index, TypeId::of::<B>(), true)?,
+            _buffer: PhantomData,
+        })
+    }
+
+    /// Locks queue `id` as [`Virtqueues::lock`] does, if its ring lock is free; fails with
+    /// `EBUSY` if it is not. For paths that must not wait for the queue's other users, such as
+    /// a migration callback while inflation holds the lock and waits for memory.
+    #[inline]
+    pub fn try_lock<B: Buffer>(&self, id: QueueId<B>) -> Result<QueueGuard<'_, B>> {
+        // INVARIANT: `Inner::lock` checked that the queue carries `B`.
+        Ok(QueueGuard {
+            raw: self.core.lock(id.index, TypeId::of::<B>(), false)?,
             _buffer: PhantomData,
         })
     }
@@ -1532,7 +1631,7 @@ pub struct Used<B> {
 ///
 /// # Invariants
 ///
-/// Every token in the queue of `raw` comes from `B::into_raw`.
+/// Every token in the queue of `raw`, and its spare, comes from `B::into_raw`.
 pub struct QueueGuard<'a, B: Buffer> {
     raw: RawGuard<'a>,
     _buffer: PhantomData<B>,
@@ -1543,16 +1642,15 @@ pub struct QueueGuard<'a, B: Buffer> {
 ///
 /// # Invariants
 ///
-/// `vq` is a live queue, `_ring` is its locked ring mutex, and `slot` and `quiesce` belong to
-/// its queues.
+/// `vq` is the live ring of `queue`, a queue of `core`. Its ring mutex is held: by `_ring`, or,
+/// for a sibling, by the guard it borrows. `slot` and `quiesce` belong to `queue`.
 struct RawGuard<'a> {
-    _ring: MutexGuard<'a, ()>,
+    _ring: Option<MutexGuard<'a, ()>>,
+    core: &'a Inner<'a>,
+    queue: &'a Queue,
     vq: *mut bindings::virtqueue,
     slot: &'a Slot,
     quiesce: &'a Quiesce,
-    hints: bool,
-    /// Whether the device's notifications end waits on this queue.
-    callback: bool,
 }
 
 impl<B: Buffer> QueueGuard<'_, B> {
@@ -1677,9 +1775,73 @@ impl<B: Buffer> QueueGuard<'_, B> {
     pub fn is_broken(&self) -> bool {
         self.raw.is_broken()
     }
+
+    /// Queue `id`, which shares this queue's ring lock ([`QueueInfo::locked_with`]), for as long
+    /// as this guard is not used: one lock taken covers a request that uses both.
+    ///
+    /// Fails with `EINVAL` if queue `id` has another lock or carries another buffer type, and
+    /// with `ENOENT` if it is unused.
+    #[inline]
+    pub fn sibling<C: Buffer>(&mut self, id: QueueId<C>) -> Result<QueueGuard<'_, C>> {
+        // INVARIANT: `RawGuard::sibling` checked that the queue carries `C`.
+        Ok(QueueGuard {
+            raw: self.raw.sibling(id.index, TypeId::of::<C>())?,
+            _buffer: PhantomData,
+        })
+    }
+
+    /// Takes the buffer the queue keeps for the driver ([`QueueGuard::set_spare`]), if any.
+    #[inline]
+    pub fn take_spare(&mut self) -> Option<B> {
+        // SAFETY: Null is a valid token to store; we own what comes back.
+        let token = unsafe { self.raw.swap_spare(null_mut()) };
+        // SAFETY: The spare comes from `into_raw` of the queue's buffer type, `B` (type
+        // invariant), and is ours now.
+        NonNull::new(token).map(|t| unsafe { B::from_raw(t.as_ptr()) })
+    }
+
+    /// Gives `buf` to the queue to keep for the driver, in place of the spare it had (which is
+    /// dropped): a buffer a request needs, kept where the lock that serialises the request is, so
+    /// that the request takes no other lock. It stays through [`Virtqueues::freeze`] and
+    /// [`Virtqueues::restore`], and the [`Virtqueues`] drop it.
+    #[inline]
+    pub fn set_spare(&mut self, buf: B) {
+        // SAFETY: The token comes from `into_raw` of `B`, the queue's buffer type (type
+        // invariant), and is not used again; we own what comes back.
+        let old = unsafe { self.raw.swap_spare(buf.into_raw()) };
+        if let Some(old) = NonNull::new(old) {
+            // SAFETY: As in `take_spare`.
+            drop(unsafe { B::from_raw(old.as_ptr()) });
+        }
+    }
 }
 
 impl RawGuard<'_> {
+    /// A guard of queue `index`, which must be locked with this one ([`QueueInfo::locked_with`])
+    /// and carry the buffer type `id`; it borrows this guard's lock.
+    fn sibling(&mut self, index: usize, id: TypeId) -> Result<RawGuard<'_>> {
+        let core = self.core;
+        let queue = core.queues.get(index).ok_or(EINVAL)?;
+        carries(queue.info.buffer, id)?;
+        if queue.ring != self.queue.ring {
+            return Err(EINVAL);
+        }
+        // SAFETY: Queue `index` has our ring mutex (checked above), which `self` holds and which
+        // the returned guard borrows `self` for.
+        unsafe { core.guard(index, None) }
+    }
+
+    /// Exchanges the queue's spare buffer for `token`; either may be null.
+    ///
+    /// # Safety
+    ///
+    /// `token` is null or comes from `into_raw` of the queue's buffer type, and is not used
+    /// again; the caller owns what is returned.
+    unsafe fn swap_spare(&mut self, token: *mut c_void) -> *mut c_void {
+        // INVARIANT: By the safety requirements, `token` is null or of the queue's buffer type.
+        self.queue.spare.xchg(token, Relaxed)
+    }
+
     /// Adds one buffer of `len` bytes at `start` with `token`.
     ///
     /// # Safety
@@ -1726,7 +1888,8 @@ impl RawGuard<'_> {
 
     /// [`QueueGuard::wait_buf`]'s work.
     fn wait(&mut self) -> Result<(NonNull<c_void>, u32)> {
-        if !self.callback {
+        // Without notifications nothing would end the wait.
+        if !self.queue.info.callback {
             return Err(EINVAL);
         }
         let slot = self.slot;
@@ -1753,7 +1916,7 @@ impl RawGuard<'_> {
 
     /// [`QueueGuard::add_hint`]'s work.
     fn add_hint(&mut self, block: &Pages, flags: Flags) -> Result {
-        if !self.hints {
+        if !self.queue.info.hints {
             return Err(EINVAL);
         }
         // SAFETY: `self.vq` is live (type invariant), and so is its device.
@@ -1831,5 +1994,15 @@ impl QueueInfo {
     /// For the KUnit suite: whether [`Virtqueues::new`] would accept this list of queues.
     pub(super) fn check_list(queues: &[QueueInfo]) -> Result {
         Inner::prepare(queues).map(|_| ())
+    }
+
+    /// For the KUnit suite: the position of the ring lock of each queue of a list that
+    /// [`Virtqueues::new`] would accept.
+    pub(super) fn check_rings(queues: &[QueueInfo]) -> Result<KVec<usize>> {
+        let mut v = KVec::new();
+        for q in Inner::prepare(queues)?.1.iter() {
+            v.push(q.ring, GFP_KERNEL)?;
+        }
+        Ok(v)
     }
 }
