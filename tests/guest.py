@@ -39,7 +39,8 @@ SPLAT = re.compile(
     r"rcu: INFO:|detected stall|self-detected stall|"
     r"blocked for more than|soft lockup|hard LOCKUP|"
     r"Kernel panic|Call Trace:|cut here|kmemleak: .* new suspected|"
-    r"list_add corruption|list_del corruption|page dumped because"
+    r"list_add corruption|list_del corruption|page dumped because|"
+    r"pagealloc: memory corruption|pagealloc: single bit error"
 )
 
 

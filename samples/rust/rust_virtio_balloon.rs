@@ -79,6 +79,14 @@ use kernel::{
     },
     virtio::{
         self,
+        balloon::{
+            F_DEFLATE_ON_OOM,
+            F_FREE_PAGE_HINT,
+            F_MUST_TELL_HOST,
+            F_PAGE_POISON,
+            F_REPORTING,
+            F_STATS_VQ, //
+        },
         le,
         virtqueue::{
             self,
@@ -94,19 +102,6 @@ use kernel::{
         ScopedWork, //
     },
 };
-
-/// Deflated pages may only be reused after the host was told.
-const F_MUST_TELL_HOST: Feature = Feature::new(0);
-/// The host polls memory statistics through a third queue.
-const F_STATS_VQ: Feature = Feature::new(1);
-/// Ballooned pages stay guest memory and are given back when the guest runs out.
-const F_DEFLATE_ON_OOM: Feature = Feature::new(2);
-/// While migrating the guest, the host asks for free memory it need not copy.
-const F_FREE_PAGE_HINT: Feature = Feature::new(3);
-/// The host learns what freed pages contain (`poison_val`).
-const F_PAGE_POISON: Feature = Feature::new(4);
-/// Free pages are reported, through a fifth queue, for the host to discard.
-const F_REPORTING: Feature = Feature::new(5);
 
 /// The device's configuration space.
 type Config = virtio::balloon::Config;
@@ -206,11 +201,9 @@ impl Host<'_> {
     fn provide_buffers(&self) -> Result {
         for queue in [INFLATE, DEFLATE] {
             let mut vq = self.vqs.lock(queue)?;
-            let buf = match vq.take_spare() {
-                Some(buf) => buf,
-                None => KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL)?,
-            };
-            vq.set_spare(buf);
+            let new = || KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL);
+            let buf = vq.take_spare().map_or_else(new, Ok)?;
+            vq.replace_spare(buf);
         }
         Ok(())
     }
@@ -219,33 +212,35 @@ impl Host<'_> {
     /// the host has read them.
     fn tell(vq: &mut QueueGuard<'_, PfnBuffer>, pages: impl IntoIterator<Item = Pfn>) -> Result {
         let mut buf = vq.take_spare().ok_or(EIO)?;
-        let frames = pages.into_iter().flat_map(Pfn::frames_4k);
-        let mut n = 0;
-        let fits = buf.iter_mut().zip(frames).all(|(entry, frame)| {
-            u32::try_from(frame)
-                .map(|frame| {
-                    *entry = le::U32::new(frame);
-                    n += 1;
-                })
-                .is_ok()
-        });
-        if !fits {
-            vq.set_spare(buf);
-            return Err(ERANGE);
+        match Self::write_frames(&mut buf[..], pages) {
+            Ok(n) => Self::send(vq, buf, n),
+            Err(e) => {
+                vq.replace_spare(buf);
+                Err(e)
+            }
         }
-        Self::send(vq, buf, n)
+    }
+
+    /// Writes the 4 KiB frames of `pages` into `buf`, as many as fit; returns how many.
+    fn write_frames(buf: &mut [le::U32], pages: impl IntoIterator<Item = Pfn>) -> Result<usize> {
+        let (frames, mut n) = (pages.into_iter().flat_map(Pfn::frames_4k), 0);
+        for (entry, frame) in buf.iter_mut().zip(frames) {
+            *entry = le::U32::new(u32::try_from(frame)?);
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Sends the first `n` frames of `buf` as `tell` does; not generic over the pages. The buffer
     /// is the queue's spare again after, unless the device kept it.
     fn send(vq: &mut QueueGuard<'_, PfnBuffer>, buf: PfnBuffer, n: usize) -> Result {
         if let Err((err, buf)) = vq.add_outbuf(buf, n * size_of::<le::U32>(), GFP_KERNEL) {
-            vq.set_spare(buf);
+            vq.replace_spare(buf);
             return Err(err);
         }
         vq.kick();
         let used = vq.wait_buf()?;
-        vq.set_spare(used.buf);
+        vq.replace_spare(used.buf);
         Ok(())
     }
 }
@@ -617,16 +612,6 @@ impl<'a> Shared<'a> {
         if this.hints.is_some() && this.host().vqs.ring_size(FREE_PAGE)? < 2 {
             return Err(ENOSPC);
         }
-        if dev.has_feature(F_PAGE_POISON) {
-            // What freed pages hold: zeroes with init-on-free, else the poison pattern.
-            let byte = if poison::init_on_free() {
-                0
-            } else {
-                poison::POISON
-            };
-            let val = le::U32::new(u32::from_ne_bytes([byte; 4]));
-            kernel::virtio_cwrite!(dev, Config, poison_val, val);
-        }
         Ok(this)
     }
 
@@ -671,14 +656,19 @@ struct Optional<'a> {
 impl<'a> Optional<'a> {
     fn new(binding: Binding<'a, virtio::Device<Bound>>, core: &Arc<Shared<'a>>) -> Result<Self> {
         let dev = binding.device();
+        // The host learns what freed pages hold whenever it can, as in C; reported pages come
+        // back with it, or hold nothing the allocator checks (`validate` saw to one of the two).
+        let kept =
+            virtio::balloon::tell_poison(dev).or_else(page_reporting::ContentsKept::not_needed);
         Ok(Self {
             _oom: boxed_if(dev.has_feature(F_DEFLATE_ON_OOM), || {
                 Ok(oom::Registration::new_for(binding, core.clone()))
             })?,
             _reporting: boxed_if(dev.has_feature(F_REPORTING), || {
                 let capacity = core.host().vqs.ring_size(REPORTING)?;
-                let register = page_reporting::Registration::new;
-                Ok(register(binding, core.clone(), capacity, REPORTING_ORDER))
+                let (register, kept) = (page_reporting::Registration::new, kept.ok_or(EINVAL)?);
+                let shared = core.clone();
+                Ok(register(binding, shared, capacity, REPORTING_ORDER, kept))
             })?,
             _shrinker: boxed_if(core.hints.is_some(), || {
                 let name = c"virtio-balloon";
@@ -849,6 +839,9 @@ impl virtio::Driver for VirtioBalloonDriver {
         dev: &'bound virtio::Device<Core<'_>>,
         this: Pin<&Self::Data<'bound>>,
     ) -> Result {
+        // The reset forgot what freed pages hold: tell it before reporting can resume (C's
+        // driver does not tell it again).
+        let _ = virtio::balloon::tell_poison(dev);
         let vqs = &this.core.host().vqs;
         vqs.restore(dev)?;
         // A request the device still held when the queues were deleted took its buffer along.

@@ -644,6 +644,10 @@ static void vdpasim_balloon_reset(struct vdpasim *sim)
 	memset(vb->nheld_heads, 0, sizeof(vb->nheld_heads));
 	vb->stats_pending = false;
 	vb->guest_cmd_id = 0;
+	/* As QEMU: the driver tells its poison value again after a reset. */
+	spin_lock(&vb->lock);
+	vb->poison_val = 0;
+	spin_unlock(&vb->lock);
 	vb_forget_frames(vb, "reset");
 }
 

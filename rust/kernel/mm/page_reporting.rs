@@ -12,6 +12,13 @@
 //!
 //! The callback runs from a workqueue, in process context, and may sleep. While it runs the
 //! pages belong to nobody but the batch: no Rust code can reach them, only the device.
+//!
+//! What a reported page holds when it comes back is up to the hypervisor, unless it was told
+//! what free pages hold. That matters with page poisoning, whose pattern the allocator checks,
+//! and with init-on-free, after which a `__GFP_ZERO` allocation is not zeroed again: a page
+//! table made of a page the hypervisor left dirty would point anywhere. So registering needs
+//! [`ContentsKept`]: proof that free pages' contents do not matter, or that the hypervisor keeps
+//! them.
 
 use crate::{
     bindings,
@@ -35,10 +42,7 @@ use crate::{
     sync::Arc,
     types::Opaque,
 };
-use core::{
-    marker::PhantomData,
-    ptr::NonNull, //
-};
+use core::ptr::NonNull;
 
 /// The most pages one batch holds (`PAGE_REPORTING_CAPACITY`).
 pub const CAPACITY: usize = bindings::PAGE_REPORTING_CAPACITY as usize;
@@ -61,11 +65,12 @@ impl<T: Reporter + ?Sized + Send> Reporter for Arc<T> {
 /// # Invariants
 ///
 /// `sg` is a valid scatterlist of `nents` entries over isolated free pages, owned by the page
-/// reporting core for the lifetime `'a` of the report call.
+/// reporting core for the lifetime `'a` of the report call, and `dev` is the device of the
+/// registration that reports them.
 pub struct FreePages<'a> {
     sg: NonNull<bindings::scatterlist>,
     nents: u32,
-    _call: PhantomData<&'a ()>,
+    dev: &'a Device,
 }
 
 impl FreePages<'_> {
@@ -83,6 +88,73 @@ impl FreePages<'_> {
     pub(crate) fn raw(&self) -> (*mut bindings::scatterlist, u32) {
         (self.sg.as_ptr(), self.nents)
     }
+
+    /// The device whose registration reports these pages: the one its [`ContentsKept`] is for.
+    pub(crate) fn reporter_device(&self) -> &Device {
+        self.dev
+    }
+}
+
+/// Proof that reported pages come back holding what the allocator expects of a free page:
+/// either it expects nothing ([`ContentsKept::not_needed`]), or the hypervisor behind the device
+/// was told the value and keeps it (a device abstraction makes it, e.g.
+/// [`virtio::balloon::tell_poison`](crate::virtio::balloon::tell_poison)).
+///
+/// # Invariants
+///
+/// Page poisoning and init-on-free are off, and `dev` is `None`; or the hypervisor reached
+/// through the device `dev` keeps what free pages hold in the pages reported to it: zeroes with
+/// init-on-free, on which `__GFP_ZERO` allocations rely; with page poisoning, the pattern, until
+/// the device is reset (the allocator checks the pattern when it hands a page out, and reports a
+/// mismatch, but relies on nothing).
+///
+/// A driver cannot make one up:
+///
+/// ```ignore
+/// // compile_fail: E0451
+/// let kept = kernel::mm::page_reporting::ContentsKept { dev: None };
+/// ```
+///
+/// It asks the page allocator, or its device:
+///
+/// ```
+/// use kernel::mm::{page_reporting::ContentsKept, poison};
+///
+/// let plain = !poison::init_on_free() && !poison::poisoning_enabled();
+/// assert_eq!(ContentsKept::not_needed().is_some(), plain);
+/// ```
+#[derive(Clone, Copy)]
+pub struct ContentsKept<'a> {
+    dev: Option<&'a Device<Bound>>,
+}
+
+impl<'a> ContentsKept<'a> {
+    /// The proof for any device if the allocator expects nothing of a free page: neither page
+    /// poisoning nor init-on-free is on.
+    pub fn not_needed() -> Option<Self> {
+        let plain = !crate::mm::poison::init_on_free() && !crate::mm::poison::poisoning_enabled();
+        // INVARIANT: Checked just before; the static keys do not change after boot.
+        plain.then_some(Self { dev: None })
+    }
+
+    /// The proof for `dev`, for as long as it is bound.
+    ///
+    /// # Safety
+    ///
+    /// The hypervisor reached through `dev` keeps what free pages hold in pages reported to it,
+    /// as the type invariant says: zeroes with init-on-free, for as long as `dev` is bound.
+    pub(crate) unsafe fn told(dev: &'a Device<Bound>) -> Self {
+        // INVARIANT: By the safety requirements.
+        Self { dev: Some(dev) }
+    }
+
+    /// Whether this proof holds for `dev`.
+    fn holds_for(&self, dev: &Device<Bound>) -> bool {
+        match self.dev {
+            None => true,
+            Some(d) => core::ptr::eq(d, dev),
+        }
+    }
 }
 
 /// A registered page reporting device; dropping it unregisters it, waiting for a report in
@@ -91,17 +163,19 @@ impl FreePages<'_> {
 /// # Invariants
 ///
 /// `info` is registered with `page_reporting_register()`, with [`Self::report_callback`], for
-/// as long as `self` exists, or until `fence` is dropped or revoked at unbind.
+/// as long as `self` exists, or until `fence` is dropped or revoked at unbind. `dev` is the
+/// device of the binding, bound while `info` is registered.
 #[pin_data(PinnedDrop)]
 pub struct Registration<R: Reporter> {
     #[pin]
     info: Opaque<bindings::page_reporting_dev_info>,
     reporter: R,
+    dev: NonNull<bindings::device>,
     fence: Option<UnbindFence>,
 }
 
-// SAFETY: The registration only hands out `&R`, and `R: Sync`; unregistering works from any
-// thread.
+// SAFETY: The registration only hands out `&R`, and `R: Sync`, and `&Device`, which is `Sync`;
+// unregistering works from any thread.
 unsafe impl<R: Reporter + Send> Send for Registration<R> {}
 
 // SAFETY: As for `Send`; `info` is only touched by the page reporting core.
@@ -113,18 +187,31 @@ impl<R: Reporter> Registration<R> {
     /// the core's choice, `pageblock_order`). The reporter may borrow for as long as `binding`
     /// lasts: should the registration be leaked, it is unregistered when the device is unbound.
     ///
-    /// Fails with `EBUSY` if another device reports already.
+    /// `kept` is the proof that pages come back holding what they held (see [`ContentsKept`]).
+    ///
+    /// Fails with `EINVAL` if `kept` is another device's, and with `EBUSY` if another device
+    /// reports already.
     pub fn new<'a, D: AsRef<Device<Bound>>>(
         binding: Binding<'a, D>,
         reporter: R,
         capacity: usize,
         order: Option<u32>,
+        kept: ContentsKept<'_>,
     ) -> impl PinInit<Self, Error> + 'a
     where
         R: 'a,
     {
+        let dev = binding.device().as_ref();
+        let theirs = !kept.holds_for(dev);
         try_pin_init!(&this in Self {
-            reporter,
+            reporter: {
+                if theirs {
+                    return Err(EINVAL);
+                }
+                reporter
+            },
+            // SAFETY: `as_raw` of a reference is not null.
+            dev: unsafe { NonNull::new_unchecked(dev.as_raw()) },
             info <- Opaque::try_ffi_init(move |info: *mut bindings::page_reporting_dev_info| {
                 // SAFETY: `info` is valid for writes and zeroed is its unregistered state.
                 unsafe {
@@ -172,19 +259,20 @@ impl<R: Reporter> Registration<R> {
         // SAFETY: The core only calls this with the `info` registered in `new`, embedded in a
         // live `Registration<R>` (unregistering waits for the call to end).
         let this = unsafe { crate::container_of!(Opaque::cast_from(info).cast_mut(), Self, info) };
-        // Only `reporter` is borrowed: the registration's drop may be taking its `fence`.
-        // SAFETY: `this` is live, and its `reporter` is initialised before `info` is registered.
-        let reporter = unsafe { &(*this).reporter };
+        // Only `reporter` and `dev` are borrowed: the registration's drop may be taking its
+        // `fence`.
+        // SAFETY: `this` is live, and its `reporter` and `dev` are initialised before `info` is
+        // registered.
+        let (reporter, dev) = unsafe { (&(*this).reporter, (*this).dev) };
         let Some(sg) = NonNull::new(sg) else {
             return EINVAL.to_errno();
         };
+        // SAFETY: `dev` is bound while `info` is registered (type invariant), so valid for the
+        // call.
+        let dev = unsafe { Device::from_raw(dev.as_ptr()) };
         // INVARIANT: The core passes a batch of `nents` isolated free pages, which it owns
-        // until this call returns.
-        let pages = FreePages {
-            sg,
-            nents,
-            _call: PhantomData,
-        };
+        // until this call returns; `dev` is the registration's device.
+        let pages = FreePages { sg, nents, dev };
         from_result(|| reporter.report(&pages).map(|()| 0))
     }
 }

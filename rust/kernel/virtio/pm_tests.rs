@@ -43,6 +43,8 @@ mod kunit {
     use core::ptr;
 
     const INFLATE: QueueId<KBox<[u32; 1]>> = QueueId::new(0);
+    const DEFLATE: QueueId<KBox<[u32; 1]>> = QueueId::new(1);
+    const SPARE: [u32; 1] = [0x5a5a_5a5a];
     const DRIVER_NAME: &CStr = c"rust_kunit_virtio_pm";
 
     /// Whether the driver's `freeze` forgets to freeze its queues.
@@ -51,6 +53,38 @@ mod kunit {
     static BOUND: Atomic<*mut bindings::virtio_device> = Atomic::new(ptr::null_mut());
     /// How many times `restore` succeeded.
     static RESTORED: Atomic<u32> = Atomic::new(0);
+    /// What probe found of the queue group: one bit per check that held ([`group_checks`]).
+    static GROUP: Atomic<u32> = Atomic::new(0);
+    /// Whether `restore` found the spare probe left with the inflate queue.
+    static SPARE_KEPT: Atomic<bool> = Atomic::new(false);
+
+    /// Checks the group of the inflate and deflate queues, which share the inflate queue's ring
+    /// lock; returns a bit per check that held.
+    fn group_checks(vqs: &Virtqueues<'_, ()>) -> Result<u32> {
+        let mut inflate = vqs.lock(INFLATE)?;
+        let checks = [
+            inflate
+                .replace_spare(KBox::new(SPARE, GFP_KERNEL)?)
+                .is_none(),
+            // Held: neither queue of the group can be locked.
+            vqs.try_lock(DEFLATE).err() == Some(EBUSY),
+            vqs.try_lock(INFLATE).err() == Some(EBUSY),
+            // Reached through the guard instead, but only as what it carries.
+            inflate
+                .sibling(DEFLATE)
+                .is_ok_and(|d| d.num_free() == d.size()),
+            inflate.sibling(QueueId::<KBox<u64>>::new(1)).err() == Some(EINVAL),
+            inflate.sibling(QueueId::<KBox<[u32; 1]>>::new(7)).err() == Some(EINVAL),
+        ];
+        drop(inflate);
+        // Free again once the guard is gone.
+        let free = vqs.try_lock(DEFLATE).is_ok();
+        let mut bits = u32::from(free) << checks.len();
+        for (i, &held) in checks.iter().enumerate() {
+            bits |= u32::from(held) << i;
+        }
+        Ok(bits)
+    }
 
     // Not exported as a module device table: no alias should name this driver.
     static SUSPENDER_TABLE: IdArray<DeviceId, (), 1> =
@@ -71,17 +105,20 @@ mod kunit {
             binding: Binding<'bound, Device<Bound>>,
         ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
             let vdev = dev.as_raw();
-            Virtqueues::new(dev, binding, &[QueueInfo::new(INFLATE, c"inflate")], ()).pin_chain(
-                move |_| {
-                    // One device only: another free balloon stays unbound.
-                    BOUND
-                        .cmpxchg(ptr::null_mut(), vdev, Release)
-                        .map_err(|_| EBUSY)?;
-                    // SAFETY: `vdev` is a valid device; the test puts the reference.
-                    unsafe { bindings::get_device(&raw mut (*vdev).dev) };
-                    Ok(())
-                },
-            )
+            let queues = [
+                QueueInfo::new(INFLATE, c"inflate"),
+                QueueInfo::new(DEFLATE, c"deflate").locked_with(INFLATE),
+            ];
+            Virtqueues::new(dev, binding, &queues, ()).pin_chain(move |vqs| {
+                GROUP.store(group_checks(&vqs)?, Relaxed);
+                // One device only: another free balloon stays unbound.
+                BOUND
+                    .cmpxchg(ptr::null_mut(), vdev, Release)
+                    .map_err(|_| EBUSY)?;
+                // SAFETY: `vdev` is a valid device; the test puts the reference.
+                unsafe { bindings::get_device(&raw mut (*vdev).dev) };
+                Ok(())
+            })
         }
 
         fn freeze<'bound>(dev: &'bound Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) -> Result {
@@ -96,6 +133,10 @@ mod kunit {
             this: Pin<&Self::Data<'bound>>,
         ) -> Result {
             this.restore(dev)?;
+            let mut inflate = this.lock(INFLATE)?;
+            let spare = inflate.take_spare();
+            let kept = spare.as_deref() == Some(&SPARE) && inflate.sibling(DEFLATE).is_ok();
+            SPARE_KEPT.store(kept, Relaxed);
             RESTORED.add(1, Relaxed);
             Ok(())
         }
@@ -153,12 +194,15 @@ mod kunit {
 
     /// A driver whose `freeze` leaves its queues running would let the device use guest memory
     /// across the suspend: the adapter refuses it with `EBUSY`. A `freeze` that freezes them
-    /// suspends, and `restore` brings them back.
+    /// suspends, and `restore` brings them back, as a group (the deflate queue shares the inflate
+    /// queue's ring lock) and with the spare buffer the inflate queue kept.
     #[test]
     fn a_freeze_that_leaves_the_queues_live_is_refused() -> Result {
         FORGET.store(false, Relaxed);
         BOUND.store(ptr::null_mut(), Relaxed);
         RESTORED.store(0, Relaxed);
+        GROUP.store(0, Relaxed);
+        SPARE_KEPT.store(false, Relaxed);
         let reg = KBox::pin_init(
             driver::Registration::<Adapter<Suspender>>::new(
                 DRIVER_NAME,
@@ -201,6 +245,9 @@ mod kunit {
         assert_eq!(RESTORED.load(Relaxed), 1);
         // Fails without the adapter's check of the queues after `freeze`.
         assert_eq!(refused, Some(EBUSY.to_errno()));
+        // Every check of the queue group held, and the spare survived freeze and restore.
+        assert_eq!(GROUP.load(Relaxed), 0x7f);
+        assert!(SPARE_KEPT.load(Relaxed));
         Ok(())
     }
 }

@@ -30,6 +30,7 @@ mod kunit {
             },
             Buffer,
             Feature,
+            Lent,
             QueueId,
             QueueInfo, //
         },
@@ -125,11 +126,16 @@ mod kunit {
         let nowhere = QueueId::<KBox<u64>>::new(7);
         assert!(QueueInfo::check_rings(&[a, b.locked_with(nowhere)]).is_err());
         assert!(QueueInfo::check_rings(&[QueueInfo::unused(), b.locked_with(A)]).is_err());
-        // An unused queue locks nothing.
-        assert_eq!(
-            QueueInfo::check_rings(&[a, b.locked_with(A).only_if(false)])?[..],
-            [0, 1]
-        );
+        // An unused queue locks nothing, in either order of the chain.
+        let unused = [a, b.locked_with(A).only_if(false)];
+        assert_eq!(QueueInfo::check_rings(&unused)?[..], [0, 1]);
+        let unused = [a, QueueInfo::unused().locked_with(A)];
+        assert_eq!(QueueInfo::check_rings(&unused)?[..], [0, 1]);
+        // A lending queue waits under its lock, where no guard of its group could reach it.
+        const L: QueueId<Lent> = QueueId::new(1);
+        let lending = QueueInfo::lending(L, c"l");
+        assert!(QueueInfo::check_rings(&[a, lending.locked_with(A)]).is_err());
+        assert!(QueueInfo::check_rings(&[a.locked_with(L), lending]).is_err());
         Ok(())
     }
 

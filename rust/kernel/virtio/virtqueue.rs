@@ -21,7 +21,7 @@
 //!   each queue has a ring mutex, taken by [`Virtqueues::lock`], so they run in process context.
 //!   The driver may let one mutex serialise several queues ([`QueueInfo::locked_with`]): a
 //!   guard of one then reaches the others ([`QueueGuard::sibling`]) without taking another
-//!   lock, and a queue can keep a buffer the driver's requests need ([`QueueGuard::set_spare`])
+//!   lock, and a queue can keep a buffer the driver's requests need ([`QueueGuard::replace_spare`])
 //!   under the same lock.
 //! - Queue callbacks run in hard-IRQ context, from the moment `find_vqs` creates the queues,
 //!   before the driver's probe has returned, until the queues are deleted. They only touch state
@@ -36,7 +36,7 @@
 //! # Waiting, broken rings and reset
 //!
 //! A wait for the device normally lasts until the device answers: the device is trusted to, and
-//! may take its time. Once the driver is being unbound, a wait lasts at most [`UNBIND_GRACE_MS`]
+//! may take its time. Once the driver is being unbound, a wait lasts at most [`UNBIND_GRACE`]
 //! (from the later of its start and the unbind's): a device that has not answered by then is
 //! reset, every waiter is woken, and the wait fails with `ETIMEDOUT`. Unbind therefore finishes
 //! whatever the device does.
@@ -200,20 +200,34 @@ unsafe fn forget_token(_token: *mut c_void) {}
 /// # Safety
 ///
 /// [`Lend::sg`] returns a valid scatterlist of `nents` entries (a chain, or ended with
-/// `sg_mark_end`) over memory that no Rust code accesses while `self` is borrowed, and that
-/// may be written with any bytes.
+/// `sg_mark_end`) over memory that no Rust code accesses while `self` is borrowed and that holds
+/// no Rust value, so that no byte the device writes breaks a type's invariant. Whatever else
+/// depends on what the device leaves there, the lender vouches for, for the device that
+/// [`Lend::device`] names (any device if `None`).
 pub unsafe trait Lend {
     /// The scatterlist and its number of entries.
     fn sg(&self) -> (*mut bindings::scatterlist, u32);
+
+    /// The only device the memory may be lent to, if the lender vouches for one only;
+    /// [`Virtqueues::lend_and_wait`] refuses any other with `EINVAL`.
+    fn device(&self) -> Option<&device::Device> {
+        None
+    }
 }
 
 #[cfg(CONFIG_PAGE_REPORTING)]
 // SAFETY: The page reporting core's scatterlist is valid for `nents` entries (it ends it with
-// `sg_mark_end`) over isolated free pages, which no Rust code accesses during the report call
-// and whose contents do not matter: their next owner initialises them.
+// `sg_mark_end`) over isolated free pages, which no Rust code accesses during the report call and
+// which hold no Rust value. What the allocator expects of a free page (the poison pattern, or
+// zeroes after init-on-free) the registration's `ContentsKept` vouches for, for the device that
+// made the registration, which `device()` names.
 unsafe impl Lend for crate::mm::page_reporting::FreePages<'_> {
     fn sg(&self) -> (*mut bindings::scatterlist, u32) {
         self.raw()
+    }
+
+    fn device(&self) -> Option<&device::Device> {
+        Some(self.reporter_device())
     }
 }
 
@@ -242,12 +256,9 @@ pub struct QueueInfo {
     callback: bool,
     buffer: Option<BufferType>,
     hints: bool,
-    /// The position of the queue whose ring lock serialises this one; [`OWN_LOCK`] for its own.
-    lock: usize,
+    /// The position of the queue whose ring lock serialises this one, if not its own.
+    lock: Option<usize>,
 }
-
-/// [`QueueInfo::lock`] of a queue with a ring lock of its own.
-const OWN_LOCK: usize = usize::MAX;
 
 impl QueueInfo {
     /// Queue `id`, named `name`, carrying buffers of type `B`, with notifications.
@@ -261,7 +272,7 @@ impl QueueInfo {
                 drop: drop_token::<B>,
             }),
             hints: false,
-            lock: OWN_LOCK,
+            lock: None,
         }
     }
 
@@ -277,7 +288,7 @@ impl QueueInfo {
                 drop: forget_token,
             }),
             hints: false,
-            lock: OWN_LOCK,
+            lock: None,
         }
     }
 
@@ -290,7 +301,7 @@ impl QueueInfo {
             callback: false,
             buffer: None,
             hints: false,
-            lock: OWN_LOCK,
+            lock: None,
         }
     }
 
@@ -323,13 +334,22 @@ impl QueueInfo {
     /// The same queue, serialised by the ring lock of queue `other` instead of a lock of its
     /// own: the driver chooses which queues one lock covers. A guard of either queue reaches the
     /// other ([`QueueGuard::sibling`]), so that a request that uses both takes one lock, as a C
-    /// driver's one mutex covers the queues it serialises. `other` must be a used queue with a
-    /// lock of its own ([`Virtqueues::new`] fails with `EINVAL` otherwise).
+    /// driver's one mutex covers the queues it serialises.
+    ///
+    /// `other` must be a used queue with a lock of its own, and neither may be a
+    /// [`QueueInfo::lending`] queue, whose waits hold the lock where no guard can reach it
+    /// ([`Virtqueues::new`] fails with `EINVAL` otherwise). As with any mutex, locking a queue
+    /// while holding a guard of its group deadlocks: reach it with [`QueueGuard::sibling`].
     pub const fn locked_with<C>(self, other: QueueId<C>) -> Self {
         Self {
-            lock: other.index,
+            lock: Some(other.index),
             ..self
         }
+    }
+
+    /// Whether this is a [`QueueInfo::lending`] queue.
+    fn is_lending(&self) -> bool {
+        matches!(self.buffer, Some(t) if t.id == TypeId::of::<Lent>())
     }
 }
 
@@ -348,13 +368,12 @@ pub trait Handler: Sync {
 /// For drivers that only wait for their buffers.
 impl Handler for () {}
 
-/// How long, in milliseconds, a wait for the device may last once the driver's unbind has
-/// started.
+/// How long a wait for the device may last once the driver's unbind has started.
 ///
 /// Generous: a device that answers may be slow (an emulated one under load can take a second
 /// for a large request), and a dead one costs it only once, since the device is reset after it
 /// and later waits fail at once.
-pub const UNBIND_GRACE_MS: i64 = 5000;
+pub const UNBIND_GRACE: Delta = Delta::from_millis(5000);
 
 /// The per-queue state the interrupt handler reaches.
 ///
@@ -364,7 +383,7 @@ pub const UNBIND_GRACE_MS: i64 = 5000;
 /// `notify`, [`CondVar::has_waiters`] is exact.
 #[pin_data]
 struct Slot {
-    /// Serialises the ring operations of this queue.
+    /// Serialises the ring operations of this queue, and of those locked with it.
     #[pin]
     ring: Mutex<()>,
     /// Orders a callback's wake-up after a waiter's last look at the ring.
@@ -397,7 +416,7 @@ impl Slot {
     /// Sleeps until woken, with `notify` locked by the caller since its last look at the ring.
     ///
     /// While the driver is being unbound, the wait that started at `*since` (set on its first
-    /// bounded sleep) lasts at most [`UNBIND_GRACE_MS`]; returns `false` once that has passed.
+    /// bounded sleep) lasts at most [`UNBIND_GRACE`]; returns `false` once that has passed.
     /// Each wait has its own grace period: a device that answers may take the time it needs
     /// for the many requests of a deflate at unbind.
     fn sleep(
@@ -410,7 +429,7 @@ impl Slot {
             return true;
         }
         let start = since.get_or_insert_with(Instant::now);
-        let left = Delta::from_millis(UNBIND_GRACE_MS) - start.elapsed();
+        let left = UNBIND_GRACE - start.elapsed();
         if left.as_nanos() <= 0 {
             return false;
         }
@@ -662,7 +681,7 @@ struct Queue {
     /// The ring; null for an unused queue and while the queues are frozen. Only changed with the
     /// queue's ring mutex held.
     vq: Atomic<*mut bindings::virtqueue>,
-    /// A buffer the driver keeps with the queue ([`QueueGuard::set_spare`]); it stays through
+    /// A buffer the driver keeps with the queue ([`QueueGuard::replace_spare`]); it stays through
     /// freeze and restore, and is dropped with the queue.
     spare: Atomic<*mut c_void>,
 }
@@ -670,11 +689,15 @@ struct Queue {
 impl Drop for Queue {
     fn drop(&mut self) {
         let token = self.spare.load(Relaxed);
-        if let (Some(buffer), false) = (self.info.buffer, token.is_null()) {
-            // SAFETY: By the type invariants, `token` comes from `into_raw` of the queue's buffer
-            // type and is ours, and nothing uses it after this.
-            unsafe { (buffer.drop)(token) };
+        let Some(buffer) = self.info.buffer else {
+            return;
+        };
+        if token.is_null() {
+            return;
         }
+        // SAFETY: By the type invariants, `token` comes from `into_raw` of the queue's buffer type
+        // and is ours, and nothing uses it after this.
+        unsafe { (buffer.drop)(token) };
     }
 }
 
@@ -744,10 +767,11 @@ struct Inner<'a> {
     _pin: PhantomPinned,
 }
 
-// SAFETY: The raw queue pointers are only used under the queue's mutex (ring operations) or in
-// `drop`; `virtqueue` operations may run on any CPU. `H: Handler` is `Sync`.
+// SAFETY: The raw queue pointers are only used under the queue's ring mutex (ring operations) or
+// in `drop`; `virtqueue` operations may run on any CPU. The spares are `Buffer`s, which are
+// `Send`, taken and given only under the ring mutex or in `drop`. `H: Handler` is `Sync`.
 unsafe impl<H: Handler + Send> Send for Virtqueues<'_, H> {}
-// SAFETY: As above: shared access only reaches a queue through its mutex.
+// SAFETY: As above: shared access only reaches a queue, and its spare, through its ring mutex.
 unsafe impl<H: Handler> Sync for Virtqueues<'_, H> {}
 
 impl<'a> Inner<'a> {
@@ -775,15 +799,19 @@ impl<'a> Inner<'a> {
 
     /// The position of the slot whose ring mutex serialises queue `i` of `queues`: `EINVAL` if it
     /// is locked with a queue that does not exist, is unused, or is itself locked with another
-    /// (one lock per group, so that no guard ever takes two).
+    /// (one lock per group, so that no guard ever takes two), or if either is a lending queue.
     fn ring_of(queues: &[QueueInfo], i: usize) -> Result<usize> {
-        match queues[i].lock {
-            OWN_LOCK => Ok(i),
-            j => match queues.get(j) {
-                Some(q) if q.name.is_some() && (q.lock == OWN_LOCK || q.lock == j) => Ok(j),
-                _ => Err(EINVAL),
-            },
+        let queue = &queues[i];
+        // An unused queue locks nothing.
+        let (Some(j), Some(_)) = (queue.lock, queue.name) else {
+            return Ok(i);
+        };
+        let owner = queues.get(j).ok_or(EINVAL)?;
+        let own_lock = owner.lock.is_none() || owner.lock == Some(j);
+        if owner.name.is_none() || !own_lock || queue.is_lending() || owner.is_lending() {
+            return Err(EINVAL);
         }
+        Ok(j)
     }
 
     /// Creates the queues, with `callback` for their notifications.
@@ -965,12 +993,15 @@ impl<'a> Inner<'a> {
         // SAFETY: `vdev` is a valid device with queues (`live`), those of `self.head.quiesce`,
         // and one of those callbacks runs (above).
         unsafe { self.head.quiesce.reset(vdev, When::Once) };
-        for queue in self.queues.iter() {
-            // Waiters have left: the ring is broken.
-            let _ring = self.ring_lock(queue).lock();
-            let vq = queue.vq.xchg(null_mut(), Relaxed);
-            // SAFETY: `vq` was queue `queue` of the reset device, and is unreachable now.
-            unsafe { reclaim(queue, vq) };
+        for (ring, group) in self.groups() {
+            // Waiters have left: the ring is broken. A group goes at once: a guard of one queue
+            // never finds another of its group gone.
+            let _ring = ring.lock();
+            for (_, queue) in group {
+                let vq = queue.vq.xchg(null_mut(), Relaxed);
+                // SAFETY: `vq` was queue `queue` of the reset device, and is unreachable now.
+                unsafe { reclaim(queue, vq) };
+            }
         }
         // SAFETY: `vdev` has the queues `find_vqs` created for `self`, reset and unreachable;
         // `del_vqs` frees their interrupts.
@@ -1021,9 +1052,11 @@ impl<'a> Inner<'a> {
         // SAFETY: `priv` still points at the `Virtqueues` whose core is `self` (type invariant),
         // fully initialised, and `self.callback` is its callback.
         let vqs = unsafe { Self::find(self.dev, &self.queues, self.callback) }?;
-        for (queue, vq) in self.queues.iter().zip(vqs) {
-            let _ring = self.ring_lock(queue).lock();
-            queue.vq.store(vq, Relaxed);
+        for (ring, group) in self.groups() {
+            let _ring = ring.lock();
+            for (i, queue) in group {
+                queue.vq.store(vqs[i], Relaxed);
+            }
         }
         self.live.store(true, Relaxed);
         Ok(())
@@ -1049,7 +1082,14 @@ impl<'a> Inner<'a> {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
         let info = queue.info;
         // Without notifications nothing would end the wait.
-        if info.buffer.map(|t| t.id) != Some(TypeId::of::<Lent>()) || !info.callback {
+        if !info.is_lending() || !info.callback {
+            return Err(EINVAL);
+        }
+        // Memory whose lender vouches for one device only goes to that one.
+        if mem
+            .device()
+            .is_some_and(|d| d.as_raw() != self.dev.as_ref().as_raw())
+        {
             return Err(EINVAL);
         }
         let slot = &self.head.slots[index];
@@ -1100,17 +1140,38 @@ impl<'a> Inner<'a> {
         &self.head.slots[queue.ring].ring
     }
 
-    /// [`Virtqueues::lock`]'s and [`Virtqueues::try_lock`]'s work, for the buffer type `id`.
-    fn lock(&self, index: usize, id: TypeId, wait: bool) -> Result<RawGuard<'_>> {
+    /// Each ring mutex, with the queues it serialises and their positions.
+    fn groups(&self) -> impl Iterator<Item = (&Mutex<()>, impl Iterator<Item = (usize, &Queue)>)> {
+        let queues = &self.queues;
+        (0..queues.len())
+            .filter(move |&i| queues[i].ring == i)
+            .map(move |i| {
+                let group = queues.iter().enumerate().filter(move |(_, q)| q.ring == i);
+                (&self.head.slots[i].ring, group)
+            })
+    }
+
+    /// Queue `index`, if it carries the buffer type `id`.
+    fn queue(&self, index: usize, id: TypeId) -> Result<&Queue> {
         let queue = self.queues.get(index).ok_or(EINVAL)?;
         carries(queue.info.buffer, id)?;
-        let lock = self.ring_lock(queue);
-        let ring = if wait {
-            lock.lock()
-        } else {
-            lock.try_lock().ok_or(EBUSY)?
-        };
-        // SAFETY: We hold the ring mutex of queue `index`.
+        Ok(queue)
+    }
+
+    /// [`Virtqueues::lock`]'s work, for the buffer type `id`.
+    fn lock(&self, index: usize, id: TypeId) -> Result<RawGuard<'_>> {
+        let ring = self.ring_lock(self.queue(index, id)?).lock();
+        // SAFETY: `ring` is the ring mutex of queue `index`, which outlives the guard.
+        unsafe { self.guard(index, Some(ring)) }
+    }
+
+    /// [`Virtqueues::try_lock`]'s work, for the buffer type `id`.
+    fn try_lock(&self, index: usize, id: TypeId) -> Result<RawGuard<'_>> {
+        let ring = self
+            .ring_lock(self.queue(index, id)?)
+            .try_lock()
+            .ok_or(EBUSY)?;
+        // SAFETY: As in `lock`.
         unsafe { self.guard(index, Some(ring)) }
     }
 
@@ -1119,8 +1180,9 @@ impl<'a> Inner<'a> {
     ///
     /// # Safety
     ///
-    /// The ring mutex of queue `index` is held, by `ring` or by a guard that cannot be used while
-    /// the returned one lives.
+    /// `ring` is the locked mutex [`Inner::ring_lock`] gives for queue `index`; or it is `None`,
+    /// and that mutex is held by a guard that is neither used nor dropped while the returned one
+    /// lives.
     unsafe fn guard<'g>(
         &'g self,
         index: usize,
@@ -1261,7 +1323,8 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     /// and sleeps until the device gives it back.
     ///
     /// Waiting is what lets a borrow be lent: `mem` is borrowed for exactly as long as the
-    /// device may use it. Fails with `EINVAL` if the queue is not a [`QueueInfo::lending`] one
+    /// device may use it. Fails with `EINVAL` if `mem` may only go to another device
+    /// ([`Lend::device`]), or if the queue is not a [`QueueInfo::lending`] one
     /// with notifications, with `ENODEV` while the queues are frozen, with `EIO` if the ring is
     /// broken when the wait starts or wakes up (remove, shutdown and freeze wake waiters for
     /// this), and with `ETIMEDOUT` if the unbind deadline passes. In every case the device no
@@ -1282,7 +1345,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     pub fn lock<B: Buffer>(&self, id: QueueId<B>) -> Result<QueueGuard<'_, B>> {
         // INVARIANT: `Inner::lock` checked that the queue carries `B`.
         Ok(QueueGuard {
-            raw: self.core.lock(id.index, TypeId::of::<B>(), true)?,
+            raw: self.core.lock(id.index, TypeId::of::<B>())?,
             _buffer: PhantomData,
         })
     }
@@ -1294,7 +1357,7 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     pub fn try_lock<B: Buffer>(&self, id: QueueId<B>) -> Result<QueueGuard<'_, B>> {
         // INVARIANT: `Inner::lock` checked that the queue carries `B`.
         Ok(QueueGuard {
-            raw: self.core.lock(id.index, TypeId::of::<B>(), false)?,
+            raw: self.core.try_lock(id.index, TypeId::of::<B>())?,
             _buffer: PhantomData,
         })
     }
@@ -1480,7 +1543,7 @@ unsafe fn quiesce_of(vdev: *mut bindings::virtio_device) -> Option<Arc<Quiesce>>
 ///
 /// # Safety
 ///
-/// `vq` is a live queue, and the caller holds its ring mutex.
+/// `vq` is a live queue, and its ring mutex is held for the caller.
 unsafe fn kick(vq: *mut bindings::virtqueue) -> bool {
     let _rcu = rcu::read_lock();
     // SAFETY: By the safety requirements. `virtqueue_notify()` checks that the ring is not
@@ -1498,7 +1561,8 @@ unsafe fn kick(vq: *mut bindings::virtqueue) -> bool {
 ///
 /// # Safety
 ///
-/// `vq` is a live queue, the caller holds its ring mutex, and `quiesce` belongs to its queues.
+/// `vq` is a live queue, its ring mutex is held for the caller, and `quiesce` belongs to its
+/// queues.
 unsafe fn wait(
     vq: *mut bindings::virtqueue,
     slot: &Slot,
@@ -1529,7 +1593,7 @@ unsafe fn wait(
         dev_warn!(
             dev,
             "no answer within {} ms of unbind: resetting the device\n",
-            UNBIND_GRACE_MS
+            UNBIND_GRACE.as_millis()
         );
         ETIMEDOUT
     };
@@ -1712,7 +1776,7 @@ impl<B: Buffer> QueueGuard<'_, B> {
     ///
     /// Fails with `ENOENT` if the device holds no buffer of this queue, with `EIO` once the
     /// queue is broken and the device reset, and with `ETIMEDOUT` if the device does not answer
-    /// within [`UNBIND_GRACE_MS`] during unbind (see the module documentation). The buffers the
+    /// within [`UNBIND_GRACE`] during unbind (see the module documentation). The buffers the
     /// device held stay in the queue until the queues are deleted. Notifications must be
     /// enabled; on a queue created without a callback nothing would end the wait, and this fails
     /// with `EINVAL` (poll it with [`QueueGuard::get_buf`]).
@@ -1777,10 +1841,54 @@ impl<B: Buffer> QueueGuard<'_, B> {
     }
 
     /// Queue `id`, which shares this queue's ring lock ([`QueueInfo::locked_with`]), for as long
-    /// as this guard is not used: one lock taken covers a request that uses both.
+    /// as this guard is not used: one lock taken covers a request that uses both. The queues of
+    /// a group exist, or are frozen, together.
     ///
-    /// Fails with `EINVAL` if queue `id` has another lock or carries another buffer type, and
-    /// with `ENOENT` if it is unused.
+    /// Fails with `EINVAL` if there is no queue `id`, or it has another lock or carries another
+    /// buffer type, and with `ENOENT` if it is unused.
+    ///
+    /// ```
+    /// use kernel::{prelude::*, virtio::{virtqueue::QueueGuard, QueueId}};
+    ///
+    /// const DEFLATE: QueueId<KBox<[u32; 256]>> = QueueId::new(1);
+    ///
+    /// // `inflate` is a guard of the queue that `DEFLATE` is locked with.
+    /// fn kick_both(inflate: &mut QueueGuard<'_, KBox<[u32; 256]>>) -> Result {
+    ///     inflate.sibling(DEFLATE)?.kick();
+    ///     inflate.kick();
+    ///     Ok(())
+    /// }
+    /// # let _ = kick_both;
+    /// ```
+    ///
+    /// The sibling borrows the guard: the guard is not used while it lives,
+    ///
+    /// ```ignore
+    /// // compile_fail: E0499
+    /// use kernel::{prelude::*, virtio::{virtqueue::QueueGuard, QueueId}};
+    ///
+    /// fn both(inflate: &mut QueueGuard<'_, KBox<u64>>, deflate: QueueId<KBox<u64>>) -> Result {
+    ///     let mut deflate = inflate.sibling(deflate)?;
+    ///     inflate.kick();
+    ///     deflate.kick();
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// nor dropped, which would unlock the group:
+    ///
+    /// ```ignore
+    /// // compile_fail: E0505
+    /// use kernel::{prelude::*, virtio::{virtqueue::QueueGuard, QueueId}};
+    ///
+    /// fn outlive(inflate: QueueGuard<'_, KBox<u64>>, deflate: QueueId<KBox<u64>>) -> Result {
+    ///     let mut inflate = inflate;
+    ///     let mut deflate = inflate.sibling(deflate)?;
+    ///     drop(inflate);
+    ///     deflate.kick();
+    ///     Ok(())
+    /// }
+    /// ```
     #[inline]
     pub fn sibling<C: Buffer>(&mut self, id: QueueId<C>) -> Result<QueueGuard<'_, C>> {
         // INVARIANT: `RawGuard::sibling` checked that the queue carries `C`.
@@ -1790,7 +1898,7 @@ impl<B: Buffer> QueueGuard<'_, B> {
         })
     }
 
-    /// Takes the buffer the queue keeps for the driver ([`QueueGuard::set_spare`]), if any.
+    /// Takes the buffer the queue keeps for the driver ([`QueueGuard::replace_spare`]), if any.
     #[inline]
     pub fn take_spare(&mut self) -> Option<B> {
         // SAFETY: Null is a valid token to store; we own what comes back.
@@ -1800,19 +1908,35 @@ impl<B: Buffer> QueueGuard<'_, B> {
         NonNull::new(token).map(|t| unsafe { B::from_raw(t.as_ptr()) })
     }
 
-    /// Gives `buf` to the queue to keep for the driver, in place of the spare it had (which is
-    /// dropped): a buffer a request needs, kept where the lock that serialises the request is, so
-    /// that the request takes no other lock. It stays through [`Virtqueues::freeze`] and
-    /// [`Virtqueues::restore`], and the [`Virtqueues`] drop it.
+    /// Gives `buf` to the queue to keep for the driver, and returns the spare it had: a buffer
+    /// a request needs, kept under the lock that serialises the request, so that the request
+    /// takes no other lock. It stays through [`Virtqueues::freeze`] and [`Virtqueues::restore`];
+    /// the [`Virtqueues`] drop it.
+    ///
+    /// ```
+    /// use kernel::{prelude::*, virtio::virtqueue::QueueGuard};
+    ///
+    /// // Sends the queue's spare buffer, and keeps it again once the device has read it.
+    /// fn send(vq: &mut QueueGuard<'_, KBox<[u8; 64]>>) -> Result {
+    ///     let buf = vq.take_spare().ok_or(EIO)?;
+    ///     vq.add_outbuf(buf, 64, GFP_KERNEL).map_err(|(e, buf)| {
+    ///         vq.replace_spare(buf);
+    ///         e
+    ///     })?;
+    ///     vq.kick();
+    ///     let used = vq.wait_buf()?;
+    ///     vq.replace_spare(used.buf);
+    ///     Ok(())
+    /// }
+    /// # let _ = send;
+    /// ```
     #[inline]
-    pub fn set_spare(&mut self, buf: B) {
+    pub fn replace_spare(&mut self, buf: B) -> Option<B> {
         // SAFETY: The token comes from `into_raw` of `B`, the queue's buffer type (type
         // invariant), and is not used again; we own what comes back.
         let old = unsafe { self.raw.swap_spare(buf.into_raw()) };
-        if let Some(old) = NonNull::new(old) {
-            // SAFETY: As in `take_spare`.
-            drop(unsafe { B::from_raw(old.as_ptr()) });
-        }
+        // SAFETY: As in `take_spare`.
+        NonNull::new(old).map(|t| unsafe { B::from_raw(t.as_ptr()) })
     }
 }
 
@@ -1862,8 +1986,8 @@ impl RawGuard<'_> {
         unsafe { bindings::sg_init_one(sg.as_mut_ptr(), start.cast(), len) };
         // The ring maps `sg` before returning, so it may live on the stack; the memory it points
         // at stays valid while the token is in the ring (safety requirements).
-        // SAFETY: `self.vq` is live and we hold its ring mutex (type invariant), `sg` is one
-        // initialised entry, and `token` is non-null.
+        // SAFETY: `self.vq` is live and its ring mutex is held for this guard (type invariant),
+        // `sg` is one initialised entry, and `token` is non-null.
         to_result(unsafe {
             if out {
                 bindings::virtqueue_add_outbuf(self.vq, sg.as_mut_ptr(), 1, token, flags.as_raw())
@@ -1908,8 +2032,8 @@ impl RawGuard<'_> {
             if self.num_free() == self.size() {
                 return Err(if self.is_broken() { EIO } else { ENOENT });
             }
-            // SAFETY: `self.vq` is live and we hold its ring mutex (type invariant), and
-            // `self.quiesce` belongs to its queues.
+            // SAFETY: `self.vq` is live and its ring mutex is held for this guard (type
+            // invariant), and `self.quiesce` belongs to its queues.
             unsafe { wait(self.vq, slot, self.quiesce, notify, &mut since) }?;
         }
     }
@@ -1937,8 +2061,8 @@ impl RawGuard<'_> {
             bindings::sg_init_table(sg.as_mut_ptr(), 1);
             bindings::sg_set_page(sg.as_mut_ptr(), block.as_raw(), len, 0);
         }
-        // SAFETY: `self.vq` is live and we hold its ring mutex (type invariant); the ring maps
-        // `sg` before returning; the token is the hint sentinel, which owns nothing.
+        // SAFETY: `self.vq` is live and its ring mutex is held for this guard (type invariant);
+        // the ring maps `sg` before returning; the token is the hint sentinel, which owns nothing.
         to_result(unsafe {
             bindings::virtqueue_add_inbuf(self.vq, sg.as_mut_ptr(), 1, hint_token(), flags.as_raw())
         })
@@ -1967,7 +2091,7 @@ impl RawGuard<'_> {
     /// The number of free descriptors.
     fn num_free(&self) -> usize {
         // SAFETY: `self.vq` is live (type invariant); `num_free` only changes under the ring
-        // mutex this guard holds.
+        // mutex held for this guard.
         unsafe { (*self.vq).num_free as usize }
     }
 
