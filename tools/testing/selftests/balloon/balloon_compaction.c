@@ -8,6 +8,8 @@
  * memory, inflates the balloon into most of the free memory (it takes the
  * holes first), releases the checkerboard so that free pages lie between
  * balloon pages, and compacts memory through /proc/sys/vm/compact_memory.
+ * Proactive compaction is off meanwhile: kcompactd would otherwise compact
+ * the freed checkerboard on its own, before or during the test's run.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -85,6 +87,27 @@ static long free_kb(void)
 	return read_key("/proc/meminfo", "MemFree") + pcp * page_kb;
 }
 
+#define PROACTIVENESS "/proc/sys/vm/compaction_proactiveness"
+static char proactiveness[16];
+
+static void restore_proactiveness(void)
+{
+	write_file(PROACTIVENESS, proactiveness);
+}
+
+/* Turns proactive compaction off until the test exits. */
+static void stop_proactive_compaction(void)
+{
+	FILE *f = fopen(PROACTIVENESS, "r");
+
+	if (!f || !fgets(proactiveness, sizeof(proactiveness), f))
+		ksft_exit_fail_msg("read %s: %s\n", PROACTIVENESS, strerror(errno));
+	fclose(f);
+	if (write_file(PROACTIVENESS, "0"))
+		ksft_exit_fail_msg("write %s: %s\n", PROACTIVENESS, strerror(errno));
+	atexit(restore_proactiveness);
+}
+
 static void set_target(long pages)
 {
 	char buf[32];
@@ -111,6 +134,7 @@ int main(void)
 	if (read_key(SIM "stats", "pages") != 0)
 		ksft_exit_skip("the simulated balloon is in use\n");
 	ksft_set_plan(6);
+	stop_proactive_compaction();
 
 	total0 = read_key("/proc/meminfo", "MemTotal");
 	free0 = free_kb();
