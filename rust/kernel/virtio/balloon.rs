@@ -90,7 +90,8 @@ pub const F_REPORTING: Feature = Feature::new(5);
 // only with `F_PAGE_POISON`, whose space then has all 16 bytes (QEMU sizes it by the offered
 // features, a superset).
 // SAFETY: `#[repr(C)]` with the fields of `struct virtio_balloon_config` at its offsets (asserted
-// above; the union is one 4-byte field); `size` never exceeds what the features provide (above).
+// above; the union is one 4-byte field); `size` never exceeds what the features provide (above);
+// its fields are integers, for which all zeroes are valid.
 unsafe impl ConfigSpace for Config {
     const DEVICE: u32 = DeviceId::BALLOON;
 

@@ -57,7 +57,7 @@ pub(super) const fn access_width(offset: usize, len: usize) -> usize {
 /// specification gives it in the configuration space of devices of type [`Self::DEVICE`]; for
 /// such a device, the first [`ConfigSpace::size`] bytes of `Self` lie within its configuration
 /// space as the specification has it. (A device whose transport maps less than that is not
-/// guarded against, as in C: modern PCI then `BUG()`s.)
+/// guarded against, as in C: modern PCI then `BUG()`s.) All zeroes are a valid `Self`.
 pub unsafe trait ConfigSpace: Sized {
     /// The device type (`VIRTIO_ID_*`, see [`DeviceId`](super::DeviceId)).
     const DEVICE: u32;
@@ -72,8 +72,24 @@ pub unsafe trait ConfigSpace: Sized {
 /// bug that a loop would repeat.
 static REFUSED: Atomic<bool> = Atomic::new(false);
 
+/// The offset in `C` of the field that `field` returns, found by calling it on a zeroed `C`: the
+/// offset comes from the field, never from the caller, so only the fields a driver can name are
+/// reachable (not a private one, such as the balloon's `poison_val`). `None` if the reference
+/// does not lie within the `C` it was given (a static, say).
+#[inline]
+pub(super) fn field_offset<C: ConfigSpace, F>(field: fn(&C) -> &F) -> Option<usize> {
+    let layout = core::mem::MaybeUninit::<C>::zeroed();
+    // SAFETY: All zeroes are a valid `C` (`ConfigSpace` safety requirements).
+    let layout = unsafe { layout.assume_init_ref() };
+    let base = core::ptr::from_ref(layout).addr();
+    let offset = core::ptr::from_ref(field(layout))
+        .addr()
+        .checked_sub(base)?;
+    (offset <= size_of::<C>() && size_of::<F>() <= size_of::<C>() - offset).then_some(offset)
+}
+
 impl Device<device::Bound> {
-    /// Reads the field of type `F` at `offset` of the configuration layout `C`.
+    /// Reads the field of type `F` of the configuration layout `C` that `field` returns.
     ///
     /// A field of up to 4 bytes is read once, as `virtio_cread32()` does (in one access on
     /// modern transports; legacy PCI and virtio-mmio version 1 read it byte by byte, as for C); a
@@ -82,34 +98,27 @@ impl Device<device::Bound> {
     #[doc(hidden)]
     #[inline]
     #[track_caller]
-    pub fn config_read<C: ConfigSpace, F: FromBytes + IntoBytes>(
-        &self,
-        offset: usize,
-        _field: fn(&C) -> &F,
-    ) -> F {
-        build_assert!(
-            size_of::<F>() <= size_of::<C>() && offset <= size_of::<C>() - size_of::<F>()
-        );
+    pub fn config_read<C: ConfigSpace, F: FromBytes + IntoBytes>(&self, field: fn(&C) -> &F) -> F {
         let mut value = F::new_zeroed();
+        // Not within the layout: refused as past the device's size.
+        let offset = field_offset(field).unwrap_or(usize::MAX);
         // `F: FromBytes` makes any bytes the device returns a valid `F`.
         self.read_config(self.layout_size::<C>(), offset, value.as_mut_bytes());
         value
     }
 
-    /// Writes `value` to the field of type `F` at `offset` of the configuration layout `C`.
+    /// Writes `value` to the field of type `F` of the configuration layout `C` that `field`
+    /// returns.
     /// Use [`virtio_cwrite!`](crate::virtio_cwrite).
     #[doc(hidden)]
     #[inline]
     #[track_caller]
     pub fn config_write<C: ConfigSpace, F: IntoBytes + Immutable>(
         &self,
-        offset: usize,
-        _field: fn(&C) -> &F,
+        field: fn(&C) -> &F,
         value: F,
     ) {
-        build_assert!(
-            size_of::<F>() <= size_of::<C>() && offset <= size_of::<C>() - size_of::<F>()
-        );
+        let offset = field_offset(field).unwrap_or(usize::MAX);
         self.write_config(self.layout_size::<C>(), offset, value.as_bytes());
     }
 
@@ -246,9 +255,7 @@ impl Device<device::Bound> {
 #[macro_export]
 macro_rules! virtio_cread {
     ($dev:expr, $layout:ty, $field:ident) => {
-        $dev.config_read(::core::mem::offset_of!($layout, $field), |c: &$layout| {
-            &c.$field
-        })
+        $dev.config_read(|c: &$layout| &c.$field)
     };
 }
 
@@ -267,10 +274,6 @@ macro_rules! virtio_cread {
 #[macro_export]
 macro_rules! virtio_cwrite {
     ($dev:expr, $layout:ty, $field:ident, $value:expr) => {
-        $dev.config_write(
-            ::core::mem::offset_of!($layout, $field),
-            |c: &$layout| &c.$field,
-            $value,
-        )
+        $dev.config_write(|c: &$layout| &c.$field, $value)
     };
 }

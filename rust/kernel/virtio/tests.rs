@@ -22,8 +22,13 @@ mod kunit {
             Monotonic, //
         },
         virtio::{
-            config::access_width,
+            balloon,
+            config::{
+                access_width,
+                field_offset, //
+            },
             features::raw_table,
+            le,
             work::{
                 take_published,
                 with_published, //
@@ -87,6 +92,15 @@ mod kunit {
         let polled = pfns.without_callback();
         assert!(polled.check_carries::<KBox<[u32; 256]>>().is_ok());
         assert!(QueueInfo::unused().check_carries::<KBox<u64>>() == Err(ENOENT));
+    }
+
+    #[test]
+    fn config_fields_are_found_where_they_are() {
+        static ELSEWHERE: le::U32 = le::U32::ZERO;
+        assert_eq!(field_offset(|c: &balloon::Config| &c.num_pages), Some(0));
+        assert_eq!(field_offset(|c: &balloon::Config| &c.actual), Some(4));
+        // An accessor that returns anything but a field of the layout reaches nothing.
+        assert_eq!(field_offset(|_: &balloon::Config| &ELSEWHERE), None);
     }
 
     #[test]
