@@ -215,12 +215,12 @@ pub unsafe trait Lend {
     }
 }
 
+// What the allocator expects of a free page (the poison pattern, or zeroes after init-on-free)
+// the registration's `ContentsKept` vouches for, for the device that made the registration.
 #[cfg(CONFIG_PAGE_REPORTING)]
 // SAFETY: The page reporting core's scatterlist is valid for `nents` entries (it ends it with
 // `sg_mark_end`) over isolated free pages, which no Rust code accesses during the report call and
-// which hold no Rust value. What the allocator expects of a free page (the poison pattern, or
-// zeroes after init-on-free) the registration's `ContentsKept` vouches for, for the device that
-// made the registration, which `device()` names.
+// which hold no Rust value; `device()` names the device `ContentsKept` vouches for (above).
 unsafe impl Lend for crate::mm::page_reporting::FreePages<'_> {
     fn sg(&self) -> (*mut bindings::scatterlist, u32) {
         self.raw()
