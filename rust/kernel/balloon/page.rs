@@ -54,11 +54,13 @@ impl Pfn {
     }
 
     /// The page frame number, in [`PAGE_SIZE`] units.
+    #[inline]
     pub const fn get(self) -> usize {
         self.0
     }
 
     /// The 4 KiB frames this page covers: [`FRAMES_4K_PER_PAGE`] consecutive frame numbers.
+    #[inline]
     pub const fn frames_4k(self) -> Range<u64> {
         frames_4k_with_shift(self.0, PAGE_SHIFT)
     }
@@ -66,6 +68,7 @@ impl Pfn {
 
 /// The 4 KiB frames of page frame `pfn` for a page size of `1 << page_shift`; separate from
 /// [`Pfn::frames_4k`] so that the arithmetic of other page sizes can be tested on any kernel.
+#[inline]
 pub(crate) const fn frames_4k_with_shift(pfn: usize, page_shift: usize) -> Range<u64> {
     let per_page = 1u64 << (page_shift - SHIFT_4K);
     let first = (pfn as u64) * per_page;
@@ -151,6 +154,7 @@ impl Drop for BalloonPage {
 }
 
 /// The frame number of a valid page.
+#[inline]
 pub(crate) fn pfn_of(page: NonNull<bindings::page>) -> Pfn {
     // SAFETY: `page` points to a valid `struct page`; `page_to_pfn` only computes.
     Pfn(unsafe { bindings::page_to_pfn(page.as_ptr()) })

@@ -542,7 +542,6 @@ mod tests {
         UnbindFence, //
     };
     use crate::{
-        bindings,
         devres,
         faux,
         prelude::*,
@@ -829,6 +828,8 @@ mod tests {
     #[cfg(CONFIG_PROVE_LOCKING)]
     #[test]
     fn a_fence_armed_from_reclaim_allocates_under_no_lock() -> Result {
+        use crate::bindings;
+
         let runs = Atomic::new(0);
         let reg = faux::Registration::new(c"rust-unbind-fence-reclaim", None)?;
         let (binding, gate) = bind(&reg)?;

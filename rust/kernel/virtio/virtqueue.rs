@@ -99,6 +99,7 @@ use crate::{
 };
 use core::{
     any::TypeId,
+    cell::UnsafeCell,
     marker::{
         PhantomData,
         PhantomPinned, //
@@ -668,6 +669,61 @@ struct Head {
 // `with_head` reads a `Virtqueues` of any handler type through `priv` as its `Head`.
 const _: () = assert!(core::mem::offset_of!(Virtqueues<'static, ()>, core.head) == 0);
 
+/// A pointer of a queue that only the holder of the queue's ring mutex reads or writes.
+///
+/// A plain cell rather than an atomic: the mutex already orders every access, and an atomic
+/// costs a call into C on the paths that run for every request (twice per migrated page).
+///
+/// # Invariants
+///
+/// Shared, the pointer is only accessed by a thread that holds the ring mutex of its queue, in
+/// one access at a time: through a guard of the queue ([`RawGuard`]), of which one at most is
+/// usable (a sibling borrows its parent mutably), or by the queues' own code under that mutex.
+struct RingCell<T>(UnsafeCell<*mut T>);
+
+// SAFETY: Like a `Mutex`: the pointer is only reached with the queue's ring mutex held (type
+// invariant), whose release and acquire order the accesses of successive holders. What it points
+// at may be used from any thread: a `struct virtqueue` is not tied to a CPU, and a spare is the
+// token of a `Buffer`, which is `Send`.
+unsafe impl<T> Send for RingCell<T> {}
+// SAFETY: As above: a shared `RingCell` gives access to the pointer only under the ring mutex.
+unsafe impl<T> Sync for RingCell<T> {}
+
+impl<T> RingCell<T> {
+    const fn null() -> Self {
+        Self(UnsafeCell::new(null_mut()))
+    }
+
+    /// The pointer.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the ring mutex of the cell's queue, and makes no other access to the
+    /// cell meanwhile (type invariant).
+    #[inline]
+    unsafe fn get(&self) -> *mut T {
+        // SAFETY: No access to the cell overlaps this read (safety requirements).
+        unsafe { *self.0.get() }
+    }
+
+    /// Replaces the pointer, and returns the old one.
+    ///
+    /// # Safety
+    ///
+    /// As for [`RingCell::get`].
+    #[inline]
+    unsafe fn replace(&self, ptr: *mut T) -> *mut T {
+        // SAFETY: No access to the cell overlaps this one (safety requirements), and no
+        // reference into it is kept.
+        unsafe { self.0.get().replace(ptr) }
+    }
+
+    /// The pointer, for the queue's only owner.
+    fn get_mut(&mut self) -> &mut *mut T {
+        self.0.get_mut()
+    }
+}
+
 /// One queue of the device: how it is created, and its ring while it exists.
 ///
 /// # Invariants
@@ -678,17 +734,16 @@ struct Queue {
     /// The position of the slot whose ring mutex serialises this queue: its own, or that of the
     /// queue given to [`QueueInfo::locked_with`].
     ring: usize,
-    /// The ring; null for an unused queue and while the queues are frozen. Only changed with the
-    /// queue's ring mutex held.
-    vq: Atomic<*mut bindings::virtqueue>,
+    /// The ring; null for an unused queue and while the queues are frozen.
+    vq: RingCell<bindings::virtqueue>,
     /// A buffer the driver keeps with the queue ([`QueueGuard::replace_spare`]); it stays through
     /// freeze and restore, and is dropped with the queue.
-    spare: Atomic<*mut c_void>,
+    spare: RingCell<c_void>,
 }
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        let token = self.spare.load(Relaxed);
+        let token = *self.spare.get_mut();
         let Some(buffer) = self.info.buffer else {
             return;
         };
@@ -767,11 +822,12 @@ struct Inner<'a> {
     _pin: PhantomPinned,
 }
 
-// SAFETY: The raw queue pointers are only used under the queue's ring mutex (ring operations) or
-// in `drop`; `virtqueue` operations may run on any CPU. The spares are `Buffer`s, which are
-// `Send`, taken and given only under the ring mutex or in `drop`. `H: Handler` is `Sync`.
+// SAFETY: The rings and the spares are reached only under their ring mutex, or in `drop`
+// ([`RingCell`]); `virtqueue` operations may run on any CPU, and spares are `Buffer`s, which are
+// `Send`. The fence's action may run on any thread that may sleep. `H: Handler + Send`.
 unsafe impl<H: Handler + Send> Send for Virtqueues<'_, H> {}
-// SAFETY: As above: shared access only reaches a queue, and its spare, through its ring mutex.
+// SAFETY: As above: shared access reaches a ring or a spare only under its ring mutex, and the
+// rest of the state through atomics and locks. `H: Handler` is `Sync`.
 unsafe impl<H: Handler> Sync for Virtqueues<'_, H> {}
 
 impl<'a> Inner<'a> {
@@ -788,8 +844,8 @@ impl<'a> Inner<'a> {
                 Queue {
                     info: *info,
                     ring: Self::ring_of(queues, i)?,
-                    vq: Atomic::new(null_mut()),
-                    spare: Atomic::new(null_mut()),
+                    vq: RingCell::null(),
+                    spare: RingCell::null(),
                 },
                 GFP_KERNEL,
             )?;
@@ -895,7 +951,7 @@ impl<'a> Inner<'a> {
     /// fields of it that `callback` uses are initialised.
     unsafe fn claim(
         dev: &Device<device::Bound>,
-        queues: KVec<Queue>,
+        mut queues: KVec<Queue>,
         this: *mut c_void,
         callback: VqCallback,
     ) -> Result<KVec<Queue>> {
@@ -917,8 +973,8 @@ impl<'a> Inner<'a> {
             unsafe { (*vdev).priv_ = null_mut() };
         })?;
         // Nobody else can see `queues` yet.
-        for (queue, vq) in queues.iter().zip(vqs) {
-            queue.vq.store(vq, Relaxed);
+        for (queue, vq) in queues.iter_mut().zip(vqs) {
+            *queue.vq.get_mut() = vq;
         }
         Ok(queues)
     }
@@ -998,7 +1054,8 @@ impl<'a> Inner<'a> {
             // never finds another of its group gone.
             let _ring = ring.lock();
             for (_, queue) in group {
-                let vq = queue.vq.xchg(null_mut(), Relaxed);
+                // SAFETY: We hold the queue's ring mutex, and no guard of it exists.
+                let vq = unsafe { queue.vq.replace(null_mut()) };
                 // SAFETY: `vq` was queue `queue` of the reset device, and is unreachable now.
                 unsafe { reclaim(queue, vq) };
             }
@@ -1055,7 +1112,8 @@ impl<'a> Inner<'a> {
         for (ring, group) in self.groups() {
             let _ring = ring.lock();
             for (i, queue) in group {
-                queue.vq.store(vqs[i], Relaxed);
+                // SAFETY: We hold the queue's ring mutex, and no guard of it exists.
+                unsafe { queue.vq.replace(vqs[i]) };
             }
         }
         self.live.store(true, Relaxed);
@@ -1069,7 +1127,8 @@ impl<'a> Inner<'a> {
             return Err(ENOENT);
         }
         let _ring = self.ring_lock(queue).lock();
-        let vq = queue.vq.load(Relaxed);
+        // SAFETY: We hold the queue's ring mutex, and no guard of it exists.
+        let vq = unsafe { queue.vq.get() };
         if vq.is_null() {
             return Err(ENODEV);
         }
@@ -1094,7 +1153,8 @@ impl<'a> Inner<'a> {
         }
         let slot = &self.head.slots[index];
         let _ring = self.ring_lock(queue).lock();
-        let vq = queue.vq.load(Relaxed);
+        // SAFETY: We hold the queue's ring mutex, and no guard of it exists.
+        let vq = unsafe { queue.vq.get() };
         if vq.is_null() {
             return Err(ENODEV);
         }
@@ -1189,7 +1249,9 @@ impl<'a> Inner<'a> {
         ring: Option<MutexGuard<'g, ()>>,
     ) -> Result<RawGuard<'g>> {
         let queue = &self.queues[index];
-        let vq = queue.vq.load(Relaxed);
+        // SAFETY: The queue's ring mutex is held (safety requirements), and the one usable guard
+        // of it, if any, is the caller's, which does not run meanwhile.
+        let vq = unsafe { queue.vq.get() };
         if vq.is_null() {
             return Err(ENODEV);
         }
@@ -1544,6 +1606,7 @@ unsafe fn quiesce_of(vdev: *mut bindings::virtio_device) -> Option<Arc<Quiesce>>
 /// # Safety
 ///
 /// `vq` is a live queue, and its ring mutex is held for the caller.
+#[inline]
 unsafe fn kick(vq: *mut bindings::virtqueue) -> bool {
     let _rcu = rcu::read_lock();
     // SAFETY: By the safety requirements. `virtqueue_notify()` checks that the ring is not
@@ -1702,12 +1765,14 @@ pub struct QueueGuard<'a, B: Buffer> {
 }
 
 /// Exclusive access to one queue for the ring operations that do not depend on its buffer type;
-/// not generic, so that a driver's module does not carry a copy of them.
+/// not generic, so that a driver's module does not carry a copy of them, but for the few lines
+/// marked `#[inline]` that every request runs.
 ///
 /// # Invariants
 ///
 /// `vq` is the live ring of `queue`, a queue of `core`. Its ring mutex is held: by `_ring`, or,
-/// for a sibling, by the guard it borrows. `slot` and `quiesce` belong to `queue`.
+/// for a sibling, by the guard it borrows mutably, so that one guard at most of that mutex is
+/// usable at a time. `slot` and `quiesce` belong to `queue`.
 struct RawGuard<'a> {
     _ring: Option<MutexGuard<'a, ()>>,
     core: &'a Inner<'a>,
@@ -1961,9 +2026,12 @@ impl RawGuard<'_> {
     ///
     /// `token` is null or comes from `into_raw` of the queue's buffer type, and is not used
     /// again; the caller owns what is returned.
+    #[inline]
     unsafe fn swap_spare(&mut self, token: *mut c_void) -> *mut c_void {
         // INVARIANT: By the safety requirements, `token` is null or of the queue's buffer type.
-        self.queue.spare.xchg(token, Relaxed)
+        // SAFETY: The queue's ring mutex is held for this guard, the one usable guard of it
+        // (type invariant), which `&mut self` keeps from doing anything else meanwhile.
+        unsafe { self.queue.spare.replace(token) }
     }
 
     /// Adds one buffer of `len` bytes at `start` with `token`.
@@ -1998,6 +2066,7 @@ impl RawGuard<'_> {
     }
 
     /// Takes a used token out of the ring, skipping hints, with the length the device wrote.
+    #[inline]
     fn get(&mut self) -> Option<(NonNull<c_void>, u32)> {
         let mut len = 0u32;
         loop {
@@ -2010,8 +2079,20 @@ impl RawGuard<'_> {
         }
     }
 
-    /// [`QueueGuard::wait_buf`]'s work.
+    /// [`QueueGuard::wait_buf`]'s work: inline for a device that answered within the
+    /// notification, as most do, and out of line for a wait.
+    #[inline]
     fn wait(&mut self) -> Result<(NonNull<c_void>, u32)> {
+        if self.queue.info.callback {
+            if let Some(used) = self.get() {
+                return Ok(used);
+            }
+        }
+        self.wait_slow()
+    }
+
+    /// [`RawGuard::wait`] once the device had not answered yet.
+    fn wait_slow(&mut self) -> Result<(NonNull<c_void>, u32)> {
         // Without notifications nothing would end the wait.
         if !self.queue.info.callback {
             return Err(EINVAL);
@@ -2070,6 +2151,7 @@ impl RawGuard<'_> {
 
     /// Notifies the device of added buffers; returns `false` if the notification failed and the
     /// queue is broken.
+    #[inline]
     fn kick(&mut self) -> bool {
         // SAFETY: `self.vq` is live and exclusively ours (type invariant).
         unsafe { kick(self.vq) }
