@@ -56,7 +56,7 @@ def test_compaction_migrates_balloon_pages(driver, guest):
     /proc/sys/vm/compact_memory; migration leaves the balloon's size alone."""
     ram = guest.ram_bytes()
     avail = guest.meminfo()["MemAvailable"] * 1024
-    # A checkerboard of held and free pages; the balloon fills the holes,
+    # Held pages with a hole every third page; the balloon fills the holes,
     # then the holder exits and leaves free pages between balloon pages.
     guest.sh(f"fragment {avail * 6 // 10 // MiB} >/tmp/frag.out 2>&1 & "
              "echo $! >/tmp/frag.pid; "

@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * fragment - leave a checkerboard of free pages behind in the guest.
+ * fragment - leave free pages scattered between held ones in the guest.
  *
  * Usage: fragment MIB
  *
- * Touches MIB MiB of anonymous memory (no THP), gives every other 4 KiB page
+ * Touches MIB MiB of anonymous memory (no THP), gives every third page
  * back with MADV_DONTNEED, prints "ready" and waits until it is killed.
  * A balloon inflated meanwhile takes the order-0 holes first; once this
  * process exits, its pages free up between the balloon pages, which gives
- * compaction balloon pages to migrate.
+ * compaction balloon pages to migrate. Every third, not every other: see
+ * tools/testing/selftests/balloon/balloon_compaction.c for why a period of
+ * two can hide every free page from compaction.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -36,7 +38,7 @@ int main(int argc, char **argv)
 	madvise(p, len, MADV_NOHUGEPAGE);
 	for (off = 0; off < len; off += page)
 		p[off] = 1;
-	for (off = 0; off < len; off += 2 * page) {
+	for (off = 0; off < len; off += 3 * page) {
 		if (madvise(p + off, page, MADV_DONTNEED)) {
 			perror("madvise");
 			return 1;

@@ -4,12 +4,16 @@
  * back.
  *
  * Drives the simulated balloon of samples/rust/rust_balloon_sim.rs (load it
- * first; the test is skipped without it): pins a checkerboard of anonymous
- * memory, inflates the balloon into most of the free memory (it takes the
- * holes first), releases the checkerboard so that free pages lie between
+ * first; the test is skipped without it): pins anonymous memory with a hole
+ * every third page, inflates the balloon into most of the free memory (it
+ * takes the holes first), releases the rest so that free pages lie between
  * balloon pages, and compacts memory through /proc/sys/vm/compact_memory.
+ * Not every other page: compaction's free scanner doubles its stride, up to
+ * 32 pages, over pageblocks where it finds nothing, so with a period of two
+ * it could step over every free page, and migrate nothing (about one boot in
+ * three did). A period of three meets free pages at any power-of-two stride.
  * Proactive compaction is off meanwhile: kcompactd would otherwise compact
- * the freed checkerboard on its own, before or during the test's run.
+ * the freed memory on its own, before or during the test's run.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -143,7 +147,7 @@ int main(void)
 	total0 = read_key("/proc/meminfo", "MemTotal");
 	free0 = free_kb();
 
-	/* Hold a checkerboard of 60 % of the available memory. */
+	/* Hold 60 % of the available memory, with a hole every third page. */
 	hold_kb = read_key("/proc/meminfo", "MemAvailable") * 6 / 10;
 	len = (size_t)hold_kb * 1024;
 	p = mmap(NULL, len, PROT_READ | PROT_WRITE,
@@ -153,7 +157,7 @@ int main(void)
 	madvise(p, len, MADV_NOHUGEPAGE);
 	for (off = 0; off < len; off += page_kb * 1024)
 		p[off] = 1;
-	for (off = 0; off < len; off += 2 * page_kb * 1024)
+	for (off = 0; off < len; off += 3 * page_kb * 1024)
 		if (madvise(p + off, page_kb * 1024, MADV_DONTNEED))
 			ksft_exit_fail_perror("madvise");
 
@@ -162,7 +166,7 @@ int main(void)
 	size = read_key(SIM "stats", "pages");
 	ksft_print_msg("balloon inflated to %ld pages\n", size);
 	/*
-	 * Counted from before the checkerboard is freed: whatever compacts
+	 * Counted from before the held memory is freed: whatever compacts
 	 * it from then on (kcompactd woken by reclaim, say) counts too.
 	 */
 	nr_before = read_vmstat("nr_balloon_pages");
