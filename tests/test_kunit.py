@@ -50,7 +50,7 @@ def test_rust_balloon_suite(kunit_log):
 
 @pytest.mark.parametrize("name,cases", [
     ("rust_kernel_virtio", 9),
-    ("rust_kernel_virtio_pm", 1),
+    ("rust_kernel_virtio_pm", 2),
     ("rust_kernel_unbind_fence", 7),
     ("rust_kernel_vmstat", 1),
 ])

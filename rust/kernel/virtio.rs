@@ -120,6 +120,7 @@ unsafe impl<T: Driver + 'static> driver::RegistrationOps for Adapter<T> {
             (*drv).feature_table = features.as_ptr();
             (*drv).feature_table_size = features.len() as u32;
             (*drv).probe = Some(Self::probe_callback);
+            (*drv).scan = Some(Self::scan_callback);
             (*drv).remove = Some(Self::remove_callback);
             if T::HAS_VALIDATE {
                 (*drv).validate = Some(Self::validate_callback);
@@ -212,15 +213,33 @@ impl<T: Driver + 'static> Adapter<T> {
             }
 
             Private::publish(dev.as_ref(), data);
-            // Work scheduled during probe was not queued (see `Device::schedule_work`).
-            if T::HAS_WORK {
-                dev.schedule_work();
-            }
             Ok(0)
         });
         // On failure too, before the virtio core sets the status.
         virtqueue::callback_window(dev, false);
+        #[cfg(CONFIG_RUST_VIRTIO_PM_KUNIT_TEST)]
+        pm_tests::probe_returns();
         ret
+    }
+
+    extern "C" fn scan_callback(vdev: *mut bindings::virtio_device) {
+        // INVARIANT: `vdev` is valid for the duration of `scan_callback()`.
+        //
+        // SAFETY: The virtio bus only ever calls the scan callback with a valid pointer to a
+        // `struct virtio_device`, with the device lock held.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+
+        // SAFETY: The virtio core only calls `scan` after a successful call to `probe_callback`,
+        // which published a `Pin<KBox<Private<'_, T>>>`, and before remove, which the device
+        // lock keeps away.
+        let private = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() };
+        // The core has set `DRIVER_OK` and written the status for the last time in probe: the
+        // work may run from now on, and runs once for what was scheduled during probe (see
+        // `Device::schedule_work`).
+        private.start_work();
+        if T::HAS_WORK {
+            dev.schedule_work();
+        }
     }
 
     extern "C" fn remove_callback(vdev: *mut bindings::virtio_device) {
@@ -479,7 +498,8 @@ pub trait Driver {
 
     /// The driver's deferred work, in process context; queued with [`Device::schedule_work`].
     ///
-    /// Runs once after probe, then each time it is scheduled, never concurrently with itself nor
+    /// Runs once after probe (once the virtio core has set `DRIVER_OK`, if the driver's probe did
+    /// not), then each time it is scheduled, never concurrently with itself nor
     /// with [`Driver::unbind`], and not after [`Driver::shutdown`]. It runs on a freezable
     /// workqueue, so not while the system is frozen for sleep. While it is pending or running, a
     /// wakeup-capable device holds its wakeup source ([`Device::set_wakeup_capable`]).
@@ -585,7 +605,7 @@ impl Device<device::Bound> {
     /// use kernel::{device::Bound, virtio};
     ///
     /// fn stats(dev: &virtio::Device<Bound>) -> bool {
-    ///     dev.has_feature(virtio::Feature::new(1))
+    ///     dev.has_feature(virtio::Feature::new::<1>())
     /// }
     /// ```
     ///
@@ -598,7 +618,7 @@ impl Device<device::Bound> {
     /// use kernel::virtio;
     ///
     /// fn later(dev: &virtio::Device) -> bool {
-    ///     dev.has_feature(virtio::Feature::new(1))
+    ///     dev.has_feature(virtio::Feature::new::<1>())
     /// }
     /// ```
     pub fn has_feature(&self, feature: Feature) -> bool {

@@ -5,11 +5,51 @@
 //! A test driver binds a virtio balloon no driver has bound (on the test machine its drivers
 //! are modules, so nothing else has when KUnit runs at boot), and is frozen and restored
 //! the way `virtio_pci`'s PM callbacks do it: `virtio_device_freeze()` and
-//! `virtio_device_restore()` under the transport's device lock. Enabled by
+//! `virtio_device_restore()` under the transport's device lock. Another one checks that a
+//! driver's first work runs only once the virtio core has finished probing. Enabled by
 //! `CONFIG_RUST_VIRTIO_PM_KUNIT_TEST`, which needs such a device.
+
+use crate::{
+    sync::atomic::{
+        Acquire,
+        Atomic,
+        Relaxed, //
+    },
+    time::{
+        delay::fsleep,
+        Delta, //
+    },
+};
+
+/// Set by [`kunit::the_first_work_runs_once_the_device_is_ready`]: probe then waits, as it
+/// returns to the virtio core, for up to 300 ms for the driver's first work to run. A work
+/// queued by probe would run there, before the core sets `DRIVER_OK`.
+static HOLD_PROBE: Atomic<bool> = Atomic::new(false);
+
+/// The device status the first work of the test driver saw; `u32::MAX` until it ran.
+static FIRST_WORK_STATUS: Atomic<u32> = Atomic::new(u32::MAX);
+
+/// Called by the adapter's probe as it returns to the virtio core.
+pub(super) fn probe_returns() {
+    if !HOLD_PROBE.load(Relaxed) {
+        return;
+    }
+    for _ in 0..30 {
+        if FIRST_WORK_STATUS.load(Acquire) != u32::MAX {
+            return;
+        }
+        fsleep(Delta::from_millis(10));
+    }
+}
 
 #[macros::kunit_tests(rust_kernel_virtio_pm)]
 mod kunit {
+    use super::{
+        fsleep,
+        Delta,
+        FIRST_WORK_STATUS,
+        HOLD_PROBE, //
+    };
     use crate::{
         bindings,
         device::{
@@ -170,6 +210,8 @@ mod kunit {
             bindings::mutex_lock(parent);
             bindings::mutex_lock(own);
         }
+        // The name identifies the driver: `driver_register()` refuses a second driver of the same
+        // name on a bus, and `vdev` is on the virtio bus.
         // SAFETY: `vdev` is valid (safety requirements), and its driver only changes under its
         // lock, which we hold; a bound driver has a name.
         let ours = unsafe {
@@ -248,6 +290,66 @@ mod kunit {
         // Every check of the queue group held, and the spare survived freeze and restore.
         assert_eq!(GROUP.load(Relaxed), 0x7f);
         assert!(SPARE_KEPT.load(Relaxed));
+        Ok(())
+    }
+
+    static STARTER_TABLE: IdArray<DeviceId, (), 1> =
+        IdArray::new_without_index([DeviceId::new(DeviceId::BALLOON)]);
+
+    /// A driver with nothing but work, whose first work records the device's status.
+    struct Starter;
+
+    #[vtable]
+    impl Driver for Starter {
+        type Data<'bound> = ();
+
+        const ID_TABLE: IdTable = &STARTER_TABLE;
+        const FEATURES: &'static [Feature] = &[];
+
+        fn probe<'bound>(
+            _dev: &'bound Device<Core<'_>>,
+            _binding: Binding<'bound, Device<Bound>>,
+        ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+            // Leaves `DRIVER_OK` to the virtio core.
+            Ok(())
+        }
+
+        fn work<'bound>(dev: &'bound Device<Bound>, _this: Pin<&()>) {
+            let vdev = dev.as_raw();
+            // SAFETY: `vdev` is a bound device, whose transport has a `get_status` (checked at
+            // probe); reading the status has no other precondition.
+            let status = unsafe { (*(*vdev).config).get_status.map(|get| get(vdev)) };
+            let _ = FIRST_WORK_STATUS.cmpxchg(u32::MAX, status.map_or(0, u32::from), Release);
+        }
+    }
+
+    /// The first work runs once the virtio core has set `DRIVER_OK`, which it does after a
+    /// probe that did not: probe holds the core back as it returns, long enough for a work it
+    /// had queued to run. Fails if the adapter queues the first work from probe, not `scan`.
+    #[test]
+    fn the_first_work_runs_once_the_device_is_ready() -> Result {
+        FIRST_WORK_STATUS.store(u32::MAX, Relaxed);
+        HOLD_PROBE.store(true, Relaxed);
+        let reg = KBox::pin_init(
+            driver::Registration::<Adapter<Starter>>::new(
+                c"rust_kunit_virtio_start",
+                module::this_module::<LocalModule>(),
+            ),
+            GFP_KERNEL,
+        );
+        HOLD_PROBE.store(false, Relaxed);
+        let reg = reg?;
+        for _ in 0..100 {
+            if FIRST_WORK_STATUS.load(Acquire) != u32::MAX {
+                break;
+            }
+            fsleep(Delta::from_millis(10));
+        }
+        let status = FIRST_WORK_STATUS.load(Acquire);
+        drop(reg);
+        // The driver bound the free balloon, and its first work ran, on a ready device.
+        assert!(status != u32::MAX);
+        assert!(status & bindings::VIRTIO_CONFIG_S_DRIVER_OK != 0);
         Ok(())
     }
 }

@@ -15,9 +15,13 @@
 //! # Lifetime of the work item
 //!
 //! - [`Device::schedule_work`] finds the work item through the device's driver data pointer,
-//!   which is only published once [`Private`] is fully initialised. Until then (during probe) it
-//!   queues nothing, and the adapter runs the work once after probe instead; a driver whose work
-//!   looks at its own state rather than at why it was scheduled loses no event.
+//!   which is only published once [`Private`] is fully initialised, and queues it only once the
+//!   virtio core has finished probing: it sets `DRIVER_OK` after the driver's probe if the
+//!   driver did not, and a work running meanwhile could touch the device before that, or reset
+//!   it while the core reads and writes back its status. Until then it queues nothing, and the
+//!   adapter runs the work once from `scan`, which the core calls after its last status write;
+//!   a driver whose work looks at its own state rather than at why it was scheduled loses no
+//!   event.
 //! - Remove disables the work item (waiting for a running instance) before [`Driver::unbind`].
 //!   Scheduling it after that does nothing.
 //! - [`Device::schedule_work`] may be called by anything that holds the bound device: adapter
@@ -74,7 +78,7 @@ use core::ptr::NonNull;
 #[pin_data(PinnedDrop)]
 pub struct Private<'bound, T: Driver> {
     #[pin]
-    head: Head<'bound>,
+    head: DataHead<'bound>,
     #[pin]
     data: T::Data<'bound>,
 }
@@ -87,17 +91,20 @@ pub struct Private<'bound, T: Driver> {
 /// - `work` is initialised with the `run` function of the [`Private`] this is the head of.
 /// - `vdev` is the device the driver data was probed for; it outlives `self`.
 /// - `gate` is the gate of the binding the driver data was probed with.
+/// - `started` is set once the virtio core has finished probing the device, and never cleared.
 #[repr(C)]
 #[pin_data]
-struct Head<'bound> {
+struct DataHead<'bound> {
     /// First: found at the address of the driver data.
     #[pin]
     work: Opaque<bindings::work_struct>,
     vdev: NonNull<bindings::virtio_device>,
     gate: &'bound Gate,
+    /// Whether [`Device::schedule_work`] queues the work.
+    started: Atomic<bool>,
 }
 
-const _: () = assert!(core::mem::offset_of!(Head<'static>, work) == 0);
+const _: () = assert!(core::mem::offset_of!(DataHead<'static>, work) == 0);
 
 // SAFETY: `vdev` is only used to make a `&Device<Bound>`, which is `Sync`; the work item is
 // usable from any thread and `T::Data` is `Send + Sync`.
@@ -118,7 +125,7 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
         try_pin_init!(Self {
             // SAFETY: `run` takes the work item for the head of a `Private<T>`, which this one
             // is the head of.
-            head <- unsafe { Head::new(vdev, gate, Self::run) },
+            head <- unsafe { DataHead::new(vdev, gate, Self::run) },
             data <- data,
         }? Error)
     }
@@ -154,14 +161,21 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
 
     extern "C" fn run(work: *mut bindings::work_struct) {
         // SAFETY: Only `Private::<T>::new` installs this function, for the work item of its head
-        // (`Head::new`'s safety requirements), which is at offset 0 of the `Private<T>`; the item
-        // is disabled before the `Private` is dropped.
+        // (`DataHead::new`'s safety requirements), which is at offset 0 of the `Private<T>`; the
+        // item is disabled before the `Private` is dropped.
         let this = unsafe { Pin::new_unchecked(&*work.cast::<Self>()) };
         let head = &this.get_ref().head;
         if T::HAS_WORK {
             T::work(head.device(), this.data());
         }
         head.ran();
+    }
+
+    /// Lets [`Device::schedule_work`] queue the work from now on: from `scan`, once the virtio
+    /// core has finished probing.
+    pub(super) fn start_work(&self) {
+        // INVARIANT: Called from `scan`, after probe.
+        self.head.started.store(true, Release);
     }
 
     /// The binding's gate, which outlives the driver data: closed at the end of unbind.
@@ -177,7 +191,7 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
     }
 }
 
-impl<'bound> Head<'bound> {
+impl<'bound> DataHead<'bound> {
     /// A head whose work item runs `run`.
     ///
     /// # Safety
@@ -204,6 +218,7 @@ impl<'bound> Head<'bound> {
             }),
             vdev,
             gate,
+            started: Atomic::new(false),
         })
     }
 
@@ -293,16 +308,21 @@ impl<T: Driver> PinnedDrop for Private<'_, T> {
 impl Device<device::Bound> {
     /// Queues the bound driver's [`Driver::work`] on the freezable system workqueue.
     ///
-    /// Returns `false` if the work was already pending, or is not accepted: while the driver is
-    /// still probing (the adapter runs the work once after probe) or unbinding. Callable from any
-    /// context, including interrupt handlers.
+    /// Returns `false` if the work was already pending, or is not accepted: until the virtio
+    /// core has finished probing (the adapter then runs the work once), and once unbinding has
+    /// started. Callable from any context, including interrupt handlers.
     pub fn schedule_work(&self) -> bool {
         let published = slot(self.as_ref());
         // Within the critical section, `Private::unpublish` cannot free the driver data, nor
         // remove do its final `relax()`, before the work is queued and accounted for.
         with_published(published, |ptr| {
-            // SAFETY: The driver data of a Rust virtio driver is a `Private` with its work item
-            // at offset 0, allocated until `with_published` returns; `system_freezable_wq`
+            // SAFETY: The driver data of a Rust virtio driver is a `Private`, whose head is at
+            // offset 0, allocated until `with_published` returns.
+            let head = unsafe { &*ptr.as_ptr().cast::<DataHead<'_>>() };
+            if !head.started.load(Acquire) {
+                return false;
+            }
+            // SAFETY: The head's work item is at offset 0 (see above); `system_freezable_wq`
             // lives forever.
             let queued = unsafe {
                 bindings::queue_work_on(
