@@ -71,20 +71,20 @@ const _: () = {
 };
 
 /// `VIRTIO_BALLOON_F_MUST_TELL_HOST`: deflated pages may only be reused after the host was told.
-pub const F_MUST_TELL_HOST: Feature = Feature::new(0);
+pub const F_MUST_TELL_HOST: Feature = Feature::new::<0>();
 /// `VIRTIO_BALLOON_F_STATS_VQ`: the host polls memory statistics through a third queue.
-pub const F_STATS_VQ: Feature = Feature::new(1);
+pub const F_STATS_VQ: Feature = Feature::new::<1>();
 /// `VIRTIO_BALLOON_F_DEFLATE_ON_OOM`: ballooned pages stay guest memory and are given back when
 /// the guest runs out.
-pub const F_DEFLATE_ON_OOM: Feature = Feature::new(2);
+pub const F_DEFLATE_ON_OOM: Feature = Feature::new::<2>();
 /// `VIRTIO_BALLOON_F_FREE_PAGE_HINT`: while migrating the guest, the host asks for free memory it
 /// need not copy (`free_page_hint_cmd_id`).
-pub const F_FREE_PAGE_HINT: Feature = Feature::new(3);
+pub const F_FREE_PAGE_HINT: Feature = Feature::new::<3>();
 /// `VIRTIO_BALLOON_F_PAGE_POISON`: the host learns what freed pages contain (`poison_val`).
-pub const F_PAGE_POISON: Feature = Feature::new(4);
+pub const F_PAGE_POISON: Feature = Feature::new::<4>();
 /// `VIRTIO_BALLOON_F_REPORTING`: free pages are reported, through a fifth queue, for the host
 /// to discard.
-pub const F_REPORTING: Feature = Feature::new(5);
+pub const F_REPORTING: Feature = Feature::new::<5>();
 
 // The spec has `free_page_hint_cmd_id` only with `F_FREE_PAGE_HINT` negotiated and `poison_val`
 // only with `F_PAGE_POISON`, whose space then has all 16 bytes (QEMU sizes it by the offered

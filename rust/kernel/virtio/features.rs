@@ -25,29 +25,38 @@ use crate::{
 pub struct Feature(u32);
 
 impl Feature {
-    /// The feature bit `bit`.
+    /// The feature bit `BIT`. A bit not below `VIRTIO_FEATURES_BITS` does not compile:
     ///
-    /// # Panics
+    /// ```
+    /// use kernel::virtio::Feature;
     ///
-    /// Panics, at compile time when used in a constant, if `bit` is not below
-    /// `VIRTIO_FEATURES_BITS`.
-    pub const fn new(bit: u32) -> Self {
-        assert!(bit < bindings::VIRTIO_FEATURES_BITS);
-        // INVARIANT: Checked above.
-        Self(bit)
+    /// const STATS_VQ: Feature = Feature::new::<1>();
+    /// assert_eq!(STATS_VQ.bit(), 1);
+    /// ```
+    ///
+    /// ```ignore
+    /// // compile_fail: E0080
+    /// use kernel::virtio::Feature;
+    ///
+    /// static BEYOND: Feature = Feature::new::<{ kernel::bindings::VIRTIO_FEATURES_BITS }>();
+    /// ```
+    pub const fn new<const BIT: u32>() -> Self {
+        const { assert!(BIT < bindings::VIRTIO_FEATURES_BITS) };
+        // INVARIANT: Checked above, at compile time.
+        Self(BIT)
     }
 
     /// `VIRTIO_RING_F_INDIRECT_DESC`: descriptors may point at tables of descriptors, which
     /// the ring allocates while adding a buffer.
-    pub const RING_INDIRECT_DESC: Self = Self::new(bindings::VIRTIO_RING_F_INDIRECT_DESC);
+    pub const RING_INDIRECT_DESC: Self = Self::new::<{ bindings::VIRTIO_RING_F_INDIRECT_DESC }>();
 
     /// `VIRTIO_F_ACCESS_PLATFORM`: the device sees guest memory through the platform's IOMMU
     /// (DMA addresses, not physical ones).
-    pub const ACCESS_PLATFORM: Self = Self::new(bindings::VIRTIO_F_ACCESS_PLATFORM);
+    pub const ACCESS_PLATFORM: Self = Self::new::<{ bindings::VIRTIO_F_ACCESS_PLATFORM }>();
 
     /// `VIRTIO_F_VERSION_1`: a modern device, whose rings and buffers are little-endian. A
     /// legacy device uses the guest's byte order.
-    pub const VERSION_1: Self = Self::new(bindings::VIRTIO_F_VERSION_1);
+    pub const VERSION_1: Self = Self::new::<{ bindings::VIRTIO_F_VERSION_1 }>();
 
     /// The bit number.
     pub const fn bit(self) -> u32 {

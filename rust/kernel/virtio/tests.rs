@@ -47,8 +47,8 @@ mod kunit {
         },
     };
 
-    const MUST_TELL_HOST: Feature = Feature::new(0);
-    const REPORTING: Feature = Feature::new(5);
+    const MUST_TELL_HOST: Feature = Feature::new::<0>();
+    const REPORTING: Feature = Feature::new::<5>();
 
     #[test]
     fn feature_bits() {
