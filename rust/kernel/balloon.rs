@@ -442,12 +442,11 @@ impl Core {
 
     fn isolated(&self) -> usize {
         // The core changes `isolated_pages` with a plain `++`/`--` under `mm/balloon.c`'s own
-        // lock, out of reach here: this marked read races with those writes, deliberately, as
-        // C's `data_race(READ_ONCE())` would. An aligned word is torn neither by the stores nor
-        // by the load, so the value read is one that was written; it is only a snapshot.
-        // SAFETY: `info` is valid (type invariant); the race is the tolerated one above.
-        let count = unsafe { Atomic::from_ptr(&raw mut (*self.info.get()).isolated_pages) };
-        count.load(Relaxed)
+        // lock, out of reach here: C reads it as a marked, tolerated race
+        // (`data_race(READ_ONCE())`), which the helper does. An aligned word is torn neither by
+        // the stores nor by the load, so the value read is one that was written.
+        // SAFETY: `info` is valid (type invariant).
+        unsafe { bindings::balloon_isolated_pages(self.info.get()) }
     }
 
     fn enqueue(&self, page: BalloonPage) {

@@ -131,14 +131,16 @@ mod kunit {
         assert_eq!((list.len(), b.pages()), (3, 5));
         assert_eq!(b.dequeue_list(list.as_mut(), 100), 5);
         assert_eq!((list.len(), b.pages()), (8, 0));
-        // Same pages back, whatever the order.
+        // Same pages back, whatever the order. Not sorted: objtool does not know the sort's
+        // panic on a bad `Ord` as a function that does not return, and warns.
         let mut back = KVec::new();
         for pfn in list.pfns() {
             back.push(pfn, GFP_KERNEL)?;
         }
-        pfns.sort_unstable();
-        back.sort_unstable();
-        assert_eq!(&pfns[..], &back[..]);
+        assert_eq!(pfns.len(), back.len());
+        assert!(pfns
+            .iter()
+            .all(|p| back.iter().filter(|&q| q == p).count() == 1));
         Ok(())
     }
 
