@@ -441,6 +441,7 @@ impl Slot {
     }
 
     /// Wakes the queue's waiters, after whatever they wait for happened.
+    #[inline]
     fn wake(&self) {
         // A waiter holds `notify` from its last look at the ring until it is queued on `used`:
         // under it, nobody queued means nobody to wake (a device usually answers within the
@@ -1159,8 +1160,10 @@ impl<'a> Inner<'a> {
             return Err(ENODEV);
         }
         let (sg, nents) = mem.sg();
-        // The ring `BUG()`s on a buffer without entries.
-        if nents == 0 {
+        // The ring `BUG()`s on a buffer without entries, and `WARN()`s on one with more entries
+        // than descriptors (without indirect descriptors, which it need not have).
+        // SAFETY: `vq` is a live queue (type invariant); we hold its ring mutex.
+        if nents == 0 || nents > unsafe { bindings::virtqueue_get_vring_size(vq) } {
             return Err(EINVAL);
         }
         // Any non-null token does: the ring lock makes this the only buffer in the queue.
@@ -1386,12 +1389,13 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     ///
     /// Waiting is what lets a borrow be lent: `mem` is borrowed for exactly as long as the
     /// device may use it. Fails with `EINVAL` if `mem` may only go to another device
-    /// ([`Lend::device`]), or if the queue is not a [`QueueInfo::lending`] one
-    /// with notifications, with `ENODEV` while the queues are frozen, with `EIO` if the ring is
-    /// broken when the wait starts or wakes up (remove, shutdown and freeze wake waiters for
-    /// this), and with `ETIMEDOUT` if the unbind deadline passes. In every case the device no
-    /// longer has `mem` when this returns: on a broken ring or a deadline the device is reset
-    /// first (see the module documentation).
+    /// ([`Lend::device`]), if it has no entries or more than the ring has descriptors, or if the
+    /// queue is not a [`QueueInfo::lending`] one with notifications; with `ENODEV` while the
+    /// queues are frozen; with `EIO` once the ring is broken and the device reset; and with
+    /// `ETIMEDOUT` if the unbind deadline passes. A ring that breaks while it is neither probe,
+    /// freeze, restore, remove nor shutdown (when a reset could race the virtio core's status
+    /// writes) keeps `mem`, and the wait goes on until one of those wakes it. In every case the
+    /// device no longer has `mem` when this returns (see the module documentation).
     #[inline]
     pub fn lend_and_wait(&self, id: QueueId<Lent>, mem: &impl Lend, flags: Flags) -> Result {
         self.core.lend_and_wait(id.index, mem, flags)
@@ -2008,6 +2012,7 @@ impl<B: Buffer> QueueGuard<'_, B> {
 impl RawGuard<'_> {
     /// A guard of queue `index`, which must be locked with this one ([`QueueInfo::locked_with`])
     /// and carry the buffer type `id`; it borrows this guard's lock.
+    #[inline]
     fn sibling(&mut self, index: usize, id: TypeId) -> Result<RawGuard<'_>> {
         let core = self.core;
         let queue = core.queues.get(index).ok_or(EINVAL)?;
