@@ -420,21 +420,22 @@ impl Shared<'_> {
     /// A round of free page hinting: start id, as many free blocks as there are while the host
     /// wants them, stop id. As in C, errors are only logged: the host ends the round anyway.
     fn hint_round(&self, hints: &Hints) {
-        let Ok(mut vq) = self.host().vqs.lock(FREE_PAGE) else {
+        let id = hints.received(self.dev);
+        // Allocated before the queue is locked: reclaim may deflate, which locks another queue.
+        let ids = [id, CMD_ID_STOP].map(|id| KBox::new(le::U32::new(id), GFP_KERNEL));
+        let (Ok(mut vq), [Ok(start), Ok(stop)]) = (self.host().vqs.lock(FREE_PAGE), ids) else {
             return;
         };
-        let send_id = |vq: &mut QueueGuard<'_, CmdIdBuffer>, id: u32| -> Result {
+        let send_id = |vq: &mut QueueGuard<'_, CmdIdBuffer>, buf: CmdIdBuffer| -> Result {
             // Command ids the host has read come back as used buffers, and go.
             while vq.get_buf().is_some() {}
-            let buf = KBox::new(le::U32::new(id), GFP_KERNEL)?;
             vq.add_outbuf(buf, size_of::<le::U32>(), GFP_KERNEL)
                 .map_err(|(e, _)| e)?;
             vq.kick();
             Ok(())
         };
-        let id = hints.received(self.dev);
         hints.active.store(id, Relaxed);
-        if let Err(e) = send_id(&mut vq, id) {
+        if let Err(e) = send_id(&mut vq, start) {
             dev_err!(self.dev, "Failed to send a start id, err = {:?}\n", e);
         }
         while hints.active.load(Relaxed) == hints.received(self.dev) {
@@ -455,7 +456,7 @@ impl Shared<'_> {
                 hints.keep(block);
             }
         }
-        if let Err(e) = send_id(&mut vq, CMD_ID_STOP) {
+        if let Err(e) = send_id(&mut vq, stop) {
             dev_err!(self.dev, "Failed to send a stop id, err = {:?}\n", e);
         }
     }
