@@ -215,7 +215,7 @@ pub enum ManagedPages {
 #[pin_data(PinnedDrop)]
 pub struct Balloon<H: MigrationHandler> {
     #[pin]
-    core: Core,
+    core: Inner,
     #[pin]
     handler: H,
     fence: Option<UnbindFence>,
@@ -228,13 +228,13 @@ pub struct Balloon<H: MigrationHandler> {
 ///
 /// As [`Balloon`]'s, for `info` and `pages`.
 #[pin_data]
-struct Core {
+struct Inner {
     #[pin]
     info: Opaque<bindings::balloon_dev_info>,
     pages: Atomic<usize>,
 }
 
-/// The bit of `Core::pages` that says the balloon was emptied for good: by its drop or its fence.
+/// The bit of `Inner::pages` that says the balloon was emptied for good: by its drop or its fence.
 const CLOSED: usize = 1 << (usize::BITS - 1);
 
 // SAFETY: The balloon core serialises all access to `info` with its own lock, `pages` is atomic,
@@ -285,7 +285,7 @@ impl<H: MigrationHandler> Balloon<H> {
     {
         try_pin_init!(&this in Self {
             // SAFETY: The `core` of `this`, a `Balloon<H>`, with its `migrate_callback`.
-            core <- unsafe { Core::new(managed, Self::migrate_callback) },
+            core <- unsafe { Inner::new(managed, Self::migrate_callback) },
             handler <- handler,
             fence: {
                 // SAFETY: `this` points at the balloon being initialised; taking the address of
@@ -294,7 +294,7 @@ impl<H: MigrationHandler> Balloon<H> {
                 // SAFETY: Until the fence is dropped, in `drop`, `this` is a live balloon; its
                 // action empties it, on any thread that may sleep, after which no page leads
                 // compaction to `handler`. The balloon is empty now: nothing to undo.
-                unsafe { UnbindFence::arm_opt(binding, Core::unbind_action, data, || ()) }?
+                unsafe { UnbindFence::arm_opt(binding, Inner::unbind_action, data, || ()) }?
             },
         }? Error)
     }
@@ -361,9 +361,9 @@ impl<H: MigrationHandler> Balloon<H> {
         page: *mut bindings::page,
         mode: bindings::migrate_mode,
     ) -> c_int {
-        // SAFETY: Only `Balloon::<H>::init` installs this callback (through `Core::new`), so `info`
-        // is the `core.info` field of a `Balloon<H>`; it is alive, since it has an isolated page
-        // that its drop waits for.
+        // SAFETY: Only `Balloon::<H>::init` installs this callback (through `Inner::new`), so
+        // `info` is the `core.info` field of a `Balloon<H>`; it is alive, since it has an isolated
+        // page that its drop waits for.
         let this = unsafe { &*crate::container_of!(Opaque::cast_from(info), Self, core.info) };
         let (Some(new), Some(old)) = (NonNull::new(newpage), NonNull::new(page)) else {
             return EINVAL.to_errno();
@@ -382,7 +382,7 @@ impl<H: MigrationHandler> Balloon<H> {
     }
 }
 
-impl Core {
+impl Inner {
     /// An empty balloon whose pages migrate through `migratepage`.
     ///
     /// # Safety

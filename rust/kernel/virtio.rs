@@ -87,6 +87,8 @@ pub use self::virtqueue::{
     QueueInfo,
     Virtqueues, //
 };
+// The adapter's driver data type, public only as `DriverLayout::DriverData`.
+#[doc(hidden)]
 pub use self::work::Private;
 
 /// An adapter for the registration of virtio drivers.
@@ -218,7 +220,7 @@ impl<T: Driver + 'static> Adapter<T> {
         // On failure too, before the virtio core sets the status.
         virtqueue::callback_window(dev, false);
         #[cfg(CONFIG_RUST_VIRTIO_PM_KUNIT_TEST)]
-        pm_tests::probe_returns();
+        pm_tests::probe_returns(vdev);
         ret
     }
 
@@ -233,8 +235,8 @@ impl<T: Driver + 'static> Adapter<T> {
         // which published a `Pin<KBox<Private<'_, T>>>`, and before remove, which the device
         // lock keeps away.
         let private = unsafe { dev.as_ref().drvdata_borrow::<Private<'_, T>>() };
-        // The core has set `DRIVER_OK` and written the status for the last time in probe: the
-        // work may run from now on, and runs once for what was scheduled during probe (see
+        // The core has set `DRIVER_OK`, its last status write in probe: the work may run from
+        // now on, and runs once for what was scheduled during probe (see
         // `Device::schedule_work`).
         private.start_work();
         if T::HAS_WORK {
@@ -498,11 +500,14 @@ pub trait Driver {
 
     /// The driver's deferred work, in process context; queued with [`Device::schedule_work`].
     ///
-    /// Runs once after probe (once the virtio core has set `DRIVER_OK`, if the driver's probe did
-    /// not), then each time it is scheduled, never concurrently with itself nor
-    /// with [`Driver::unbind`], and not after [`Driver::shutdown`]. It runs on a freezable
-    /// workqueue, so not while the system is frozen for sleep. While it is pending or running, a
-    /// wakeup-capable device holds its wakeup source ([`Device::set_wakeup_capable`]).
+    /// Runs once after probe (after the virtio core's last status write of probe, which sets
+    /// `DRIVER_OK` if the driver's probe did not), then each time it is scheduled, never
+    /// concurrently with itself nor with [`Driver::unbind`], and not after [`Driver::shutdown`].
+    /// It runs on a freezable workqueue, so not while the system is frozen for sleep: work
+    /// scheduled during [`Driver::restore`] runs after the core's status write that follows it.
+    /// While it is pending or running, a wakeup-capable device holds its wakeup source
+    /// ([`Device::set_wakeup_capable`]). Only this work waits for the end of probe: what else a
+    /// probe registers (notifiers, shrinkers, page reporting) may run before.
     fn work<'bound>(dev: &'bound Device<device::Bound>, this: Pin<&Self::Data<'bound>>) {
         let _ = (dev, this);
         build_error!(VTABLE_DEFAULT_ERROR)

@@ -421,7 +421,7 @@ impl Shared<'_> {
     /// wants them, stop id. As in C, errors are only logged: the host ends the round anyway.
     fn hint_round(&self, hints: &Hints) {
         let id = hints.received(self.dev);
-        // Allocated before the queue is locked: reclaim may deflate, which locks another queue.
+        // Nothing allocates under the queue's lock: reclaim may deflate, which locks another.
         let ids = [id, CMD_ID_STOP].map(|id| KBox::new(le::U32::new(id), GFP_KERNEL));
         let (Ok(mut vq), [Ok(start), Ok(stop)]) = (self.host().vqs.lock(FREE_PAGE), ids) else {
             return;
@@ -429,7 +429,7 @@ impl Shared<'_> {
         let send_id = |vq: &mut QueueGuard<'_, CmdIdBuffer>, buf: CmdIdBuffer| -> Result {
             // Command ids the host has read come back as used buffers, and go.
             while vq.get_buf().is_some() {}
-            vq.add_outbuf(buf, size_of::<le::U32>(), GFP_KERNEL)
+            vq.add_outbuf(buf, size_of::<le::U32>(), GFP_NOWAIT)
                 .map_err(|(e, _)| e)?;
             vq.kick();
             Ok(())
@@ -448,7 +448,7 @@ impl Shared<'_> {
             };
             // One descriptor stays free for the stop id; a full ring drops the block.
             if vq.num_free() > 1 {
-                if let Err(e) = vq.add_hint(&block, GFP_KERNEL) {
+                if let Err(e) = vq.add_hint(&block, GFP_NOWAIT) {
                     dev_err!(self.dev, "Failed to send a free page, err = {:?}\n", e);
                     break;
                 }

@@ -10,6 +10,8 @@
 //! `CONFIG_RUST_VIRTIO_PM_KUNIT_TEST`, which needs such a device.
 
 use crate::{
+    bindings,
+    prelude::*,
     sync::atomic::{
         Acquire,
         Atomic,
@@ -21,19 +23,32 @@ use crate::{
     },
 };
 
-/// Set by [`kunit::the_first_work_runs_once_the_device_is_ready`]: probe then waits, as it
-/// returns to the virtio core, for up to 300 ms for the driver's first work to run. A work
-/// queued by probe would run there, before the core sets `DRIVER_OK`.
+/// Set by [`kunit::the_first_work_runs_once_the_device_is_ready`]: the probe of its driver then
+/// waits, as it returns to the virtio core, for up to 300 ms for the driver's first work to run.
+/// A work queued by probe would run there, before the core sets `DRIVER_OK`.
 static HOLD_PROBE: Atomic<bool> = Atomic::new(false);
+
+/// How many probes waited so: the test checks that its driver's did, synchronously.
+static HELD: Atomic<u32> = Atomic::new(0);
+
+/// The name of the test driver whose probe waits.
+const STARTER_NAME: &CStr = c"rust_kunit_virtio_start";
 
 /// The device status the first work of the test driver saw; `u32::MAX` until it ran.
 static FIRST_WORK_STATUS: Atomic<u32> = Atomic::new(u32::MAX);
 
-/// Called by the adapter's probe as it returns to the virtio core.
-pub(super) fn probe_returns() {
-    if !HOLD_PROBE.load(Relaxed) {
+/// Called by the adapter's probe of `vdev` as it returns to the virtio core.
+pub(super) fn probe_returns(vdev: *mut bindings::virtio_device) {
+    // SAFETY: The adapter's probe passes its device, valid, whose driver the driver core set
+    // before calling probe; a driver has a name.
+    let starter = unsafe {
+        let drv = (*vdev).dev.driver;
+        !drv.is_null() && CStr::from_char_ptr((*drv).name) == STARTER_NAME
+    };
+    if !starter || !HOLD_PROBE.load(Relaxed) {
         return;
     }
+    HELD.add(1, Relaxed);
     for _ in 0..30 {
         if FIRST_WORK_STATUS.load(Acquire) != u32::MAX {
             return;
@@ -48,7 +63,9 @@ mod kunit {
         fsleep,
         Delta,
         FIRST_WORK_STATUS,
-        HOLD_PROBE, //
+        HELD,
+        HOLD_PROBE,
+        STARTER_NAME, //
     };
     use crate::{
         bindings,
@@ -329,10 +346,11 @@ mod kunit {
     #[test]
     fn the_first_work_runs_once_the_device_is_ready() -> Result {
         FIRST_WORK_STATUS.store(u32::MAX, Relaxed);
+        HELD.store(0, Relaxed);
         HOLD_PROBE.store(true, Relaxed);
         let reg = KBox::pin_init(
             driver::Registration::<Adapter<Starter>>::new(
-                c"rust_kunit_virtio_start",
+                STARTER_NAME,
                 module::this_module::<LocalModule>(),
             ),
             GFP_KERNEL,
@@ -347,7 +365,9 @@ mod kunit {
         }
         let status = FIRST_WORK_STATUS.load(Acquire);
         drop(reg);
-        // The driver bound the free balloon, and its first work ran, on a ready device.
+        // The driver bound the free balloon, probing synchronously (so its probe waited), and its
+        // first work ran, on a ready device.
+        assert_eq!(HELD.load(Relaxed), 1);
         assert!(status != u32::MAX);
         assert!(status & bindings::VIRTIO_CONFIG_S_DRIVER_OK != 0);
         Ok(())

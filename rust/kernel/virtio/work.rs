@@ -15,12 +15,12 @@
 //! # Lifetime of the work item
 //!
 //! - [`Device::schedule_work`] finds the work item through the device's driver data pointer,
-//!   which is only published once [`Private`] is fully initialised, and queues it only once the
-//!   virtio core has finished probing: it sets `DRIVER_OK` after the driver's probe if the
-//!   driver did not, and a work running meanwhile could touch the device before that, or reset
-//!   it while the core reads and writes back its status. Until then it queues nothing, and the
-//!   adapter runs the work once from `scan`, which the core calls after its last status write;
-//!   a driver whose work looks at its own state rather than at why it was scheduled loses no
+//!   which is only published once [`Private`] is fully initialised, and queues it only after
+//!   the virtio core's last status write of probe: it sets `DRIVER_OK` after the driver's probe
+//!   if the driver did not, and a work running meanwhile could touch the device before that, or
+//!   reset it while the core reads and writes back its status. Until then it queues nothing,
+//!   and the adapter runs the work once from `scan`, which the core calls after that write; a
+//!   driver whose work looks at its own state rather than at why it was scheduled loses no
 //!   event.
 //! - Remove disables the work item (waiting for a running instance) before [`Driver::unbind`].
 //!   Scheduling it after that does nothing.
@@ -91,7 +91,7 @@ pub struct Private<'bound, T: Driver> {
 /// - `work` is initialised with the `run` function of the [`Private`] this is the head of.
 /// - `vdev` is the device the driver data was probed for; it outlives `self`.
 /// - `gate` is the gate of the binding the driver data was probed with.
-/// - `started` is set once the virtio core has finished probing the device, and never cleared.
+/// - `started` is set after the virtio core's last status write of probe, and never cleared.
 #[repr(C)]
 #[pin_data]
 struct DataHead<'bound> {
@@ -171,8 +171,8 @@ impl<'bound, T: Driver + 'static> Private<'bound, T> {
         head.ran();
     }
 
-    /// Lets [`Device::schedule_work`] queue the work from now on: from `scan`, once the virtio
-    /// core has finished probing.
+    /// Lets [`Device::schedule_work`] queue the work from now on: from `scan`, after the virtio
+    /// core's last status write of probe.
     pub(super) fn start_work(&self) {
         // INVARIANT: Called from `scan`, after probe.
         self.head.started.store(true, Release);
@@ -309,15 +309,16 @@ impl Device<device::Bound> {
     /// Queues the bound driver's [`Driver::work`] on the freezable system workqueue.
     ///
     /// Returns `false` if the work was already pending, or is not accepted: until the virtio
-    /// core has finished probing (the adapter then runs the work once), and once unbinding has
-    /// started. Callable from any context, including interrupt handlers.
+    /// core's last status write of probe (the adapter then runs the work once), and once
+    /// unbinding has started. Callable from any context, including interrupt handlers.
     pub fn schedule_work(&self) -> bool {
         let published = slot(self.as_ref());
         // Within the critical section, `Private::unpublish` cannot free the driver data, nor
         // remove do its final `relax()`, before the work is queued and accounted for.
         with_published(published, |ptr| {
             // SAFETY: The driver data of a Rust virtio driver is a `Private`, whose head is at
-            // offset 0, allocated until `with_published` returns.
+            // offset 0, initialised before it was published (a release store, read with acquire)
+            // and allocated until `with_published` returns.
             let head = unsafe { &*ptr.as_ptr().cast::<DataHead<'_>>() };
             if !head.started.load(Acquire) {
                 return false;
