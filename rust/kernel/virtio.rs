@@ -530,6 +530,9 @@ pub trait Driver {
     /// run concurrently (its waits end with `EIO` once the queues are frozen). Implementing
     /// `freeze` requires implementing [`Driver::restore`] too. A `freeze` that returns `Ok` with
     /// queues neither frozen nor reset fails with `EBUSY`: the device would be suspended running.
+    /// A `freeze` that fails must leave the device working: the system does not suspend, and
+    /// [`Driver::restore`] is not called, so queues it froze before failing stay frozen (their
+    /// use fails with `ENODEV`) unless it restores them itself.
     fn freeze<'bound>(
         dev: &'bound Device<device::Core<'_>>,
         this: Pin<&Self::Data<'bound>>,
