@@ -144,7 +144,7 @@ mod kunit {
     }
 
     // Not exported as a module device table: no alias should name this driver.
-    static SUSPENDER_TABLE: IdArray<DeviceId, (), 1> =
+    static BALLOON_TABLE: IdArray<DeviceId, (), 1> =
         IdArray::new_without_index([DeviceId::new(DeviceId::BALLOON)]);
 
     /// A driver with one queue, whose `freeze` does its job unless told to forget it.
@@ -154,7 +154,7 @@ mod kunit {
     impl Driver for Suspender {
         type Data<'bound> = Virtqueues<'bound, ()>;
 
-        const ID_TABLE: IdTable = &SUSPENDER_TABLE;
+        const ID_TABLE: IdTable = &BALLOON_TABLE;
         const FEATURES: &'static [Feature] = &[];
 
         fn probe<'bound>(
@@ -251,6 +251,16 @@ mod kunit {
         ret
     }
 
+    /// Registers the test driver `T` as `name`; it binds the free balloon, if any, meanwhile.
+    fn register<T: Driver + 'static>(
+        name: &'static CStr,
+    ) -> Result<Pin<KBox<driver::Registration<Adapter<T>>>>> {
+        KBox::pin_init(
+            driver::Registration::<Adapter<T>>::new(name, module::this_module::<LocalModule>()),
+            GFP_KERNEL,
+        )
+    }
+
     /// A driver whose `freeze` leaves its queues running would let the device use guest memory
     /// across the suspend: the adapter refuses it with `EBUSY`. A `freeze` that freezes them
     /// suspends, and `restore` brings them back, as a group (the deflate queue shares the inflate
@@ -262,13 +272,7 @@ mod kunit {
         RESTORED.store(0, Relaxed);
         GROUP.store(0, Relaxed);
         SPARE_KEPT.store(false, Relaxed);
-        let reg = KBox::pin_init(
-            driver::Registration::<Adapter<Suspender>>::new(
-                DRIVER_NAME,
-                module::this_module::<LocalModule>(),
-            ),
-            GFP_KERNEL,
-        )?;
+        let reg = register::<Suspender>(DRIVER_NAME)?;
         let vdev = BOUND.load(Acquire);
         // A failed assertion ends the test thread without running destructors: the results are
         // collected first, the driver unregistered, and only then checked.
@@ -310,9 +314,6 @@ mod kunit {
         Ok(())
     }
 
-    static STARTER_TABLE: IdArray<DeviceId, (), 1> =
-        IdArray::new_without_index([DeviceId::new(DeviceId::BALLOON)]);
-
     /// A driver with nothing but work, whose first work records the device's status.
     struct Starter;
 
@@ -320,7 +321,7 @@ mod kunit {
     impl Driver for Starter {
         type Data<'bound> = ();
 
-        const ID_TABLE: IdTable = &STARTER_TABLE;
+        const ID_TABLE: IdTable = &BALLOON_TABLE;
         const FEATURES: &'static [Feature] = &[];
 
         fn probe<'bound>(
@@ -348,13 +349,7 @@ mod kunit {
         FIRST_WORK_STATUS.store(u32::MAX, Relaxed);
         HELD.store(0, Relaxed);
         HOLD_PROBE.store(true, Relaxed);
-        let reg = KBox::pin_init(
-            driver::Registration::<Adapter<Starter>>::new(
-                STARTER_NAME,
-                module::this_module::<LocalModule>(),
-            ),
-            GFP_KERNEL,
-        );
+        let reg = register::<Starter>(STARTER_NAME);
         HOLD_PROBE.store(false, Relaxed);
         let reg = reg?;
         for _ in 0..100 {
