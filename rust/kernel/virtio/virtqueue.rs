@@ -682,10 +682,9 @@ const _: () = assert!(core::mem::offset_of!(Virtqueues<'static, ()>, core.head) 
 /// usable (a sibling borrows its parent mutably), or by the queues' own code under that mutex.
 struct RingCell<T>(UnsafeCell<*mut T>);
 
-// SAFETY: Like a `Mutex`: the pointer is only reached with the queue's ring mutex held (type
-// invariant), whose release and acquire order the accesses of successive holders. What it points
-// at may be used from any thread: a `struct virtqueue` is not tied to a CPU, and a spare is the
-// token of a `Buffer`, which is `Send`.
+// SAFETY: Like a `Mutex`: only the ring mutex's holder reaches the pointer (type invariant), and
+// what it points at may be used on any thread: a `struct virtqueue` is tied to no CPU, a spare is
+// the token of a `Buffer`, which is `Send`.
 unsafe impl<T> Send for RingCell<T> {}
 // SAFETY: As above: a shared `RingCell` gives access to the pointer only under the ring mutex.
 unsafe impl<T> Sync for RingCell<T> {}
