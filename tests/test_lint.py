@@ -63,3 +63,17 @@ def test_rustfmt():
         ["make", "-s", "-C", KSRC, f"O={KBUILD}", f"LLVM={LLVM}", "rustfmtcheck"],
         capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+
+
+@needs_tree
+def test_rustdoc():
+    """`make rustdoc` of the project's kernel: the kernel's rustdoc flags turn
+    every warning (an unresolved link, a public page linking a private item)
+    into an error."""
+    r = subprocess.run(
+        ["make", "-s", "-C", KSRC, f"O={KBUILD}", f"LLVM={LLVM}", "rustdoc"],
+        capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    problems = [l for l in out.splitlines()
+                if l.startswith(("warning", "error"))]
+    assert r.returncode == 0 and not problems, out[-6000:]

@@ -203,7 +203,7 @@ pub enum ManagedPages {
 /// # Invariants
 ///
 /// - `core.info` is an initialised `struct balloon_dev_info` whose `migratepage` is
-///   [`Self::migrate_callback`], and it is pinned: the core links pages to it through
+///   `Self::migrate_callback`, and it is pinned: the core links pages to it through
 ///   `page->private`.
 /// - `core.pages` counts the pages in this balloon, on its list or isolated from it for
 ///   migration, below its `CLOSED` bit. It is raised before pages join the balloon and lowered

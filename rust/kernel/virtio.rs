@@ -4,12 +4,12 @@
 //!
 //! C header: [`include/linux/virtio.h`](srctree/include/linux/virtio.h)
 //!
-//! A virtio driver implements [`Driver`] and registers with [`module_virtio_driver!`]. The bus
-//! calls, in this order: [`Driver::validate`] (features negotiated, no driver data yet),
-//! [`Driver::probe`] (creates the driver data, usually including the driver's
-//! [`Virtqueues`]), then any of [`Driver::config_changed`], [`Driver::work`],
-//! [`Driver::freeze`], [`Driver::restore`] and [`Driver::shutdown`] while the device is bound,
-//! and at last [`Driver::unbind`].
+//! A virtio driver implements [`Driver`] and registers with
+//! [`module_virtio_driver!`](crate::module_virtio_driver). The bus calls, in this order:
+//! [`Driver::validate`] (features negotiated, no driver data yet), [`Driver::probe`] (creates the
+//! driver data, usually including the driver's [`Virtqueues`]), then any of
+//! [`Driver::config_changed`], [`Driver::work`], [`Driver::freeze`], [`Driver::restore`] and
+//! [`Driver::shutdown`] while the device is bound, and at last [`Driver::unbind`].
 //!
 //! # Teardown
 //!
@@ -559,6 +559,14 @@ pub trait Driver {
 /// implementation abstracts the usage of an already existing C `struct virtio_device` within Rust
 /// code that we get passed from the C side.
 ///
+/// A `Device<Core>` is what the driver's probe, unbind, shutdown, freeze and restore are given.
+/// The virtio core runs them one at a time, and leaves the device's status to the driver while
+/// one runs. Probe, remove and shutdown hold this device's lock. Freeze and restore do not:
+/// they run during a system sleep transition, with the transport's device lock held by the PM
+/// core, user space frozen and probing blocked, so no probe or unbind of this device runs
+/// meanwhile (a transport's removal takes the transport's lock first). Methods of
+/// `Device<Core>` rely on that, not on this device's lock.
+///
 /// # Invariants
 ///
 /// A [`Device`] instance represents a valid `struct virtio_device` created by a virtio transport.
@@ -641,7 +649,7 @@ impl<'a> Device<device::Core<'a>> {
     /// virtio core does after probe. Calling it on a device already marked ready does nothing,
     /// nor on one reset since its queues were created.
     ///
-    /// Only from a callback that holds the device lock (`Core`): the status is read, modified
+    /// Only from a callback given a `Device<Core>` (see [`Device`]): the status is read, modified
     /// and written, the transport may sleep doing so (vDPA takes a mutex), and after shutdown or
     /// freeze the device must stay reset. Work, notifiers and queue callbacks have a
     /// [`Device<Bound>`], which cannot (`tests/test_compile_fail.py` checks that this does not

@@ -143,7 +143,7 @@ struct Link {
 ///
 /// # Invariants
 ///
-/// `ending` holds an [`Ending`] armed through the gate of a binding of its device; it is
+/// `ending` holds an `Ending` armed through the gate of a binding of its device; it is
 /// dropped once, in `drop`.
 #[must_use = "dropping the fence ends its registration"]
 pub struct UnbindFence {
@@ -213,11 +213,11 @@ impl UnbindFence {
 ///
 /// # Invariants
 ///
-/// - `state.arming` counts the live [`Admission`]s: fences admitted while the gate was open and
+/// - `state.arming` counts the live `Admission`s: fences admitted while the gate was open and
 ///   not yet on the gate's list (or not made).
 /// - `state.newest` heads the list of the fences armed through the gate whose action has not
 ///   run (or is running), newest first, but for one that `close()` took off to end it.
-/// - Once `state.open` is false it stays false, and no [`Admission`] is made any more.
+/// - Once `state.open` is false it stays false, and no `Admission` is made any more.
 /// - The gate is freed after `close()` returned, once no handler that could use a [`Binding`] of
 ///   it runs any more ([`Gate::new`]'s safety requirements): so also after every fence armed
 ///   through it ended and left the list, and after the thread that armed the last fence stopped

@@ -62,7 +62,7 @@ impl<T: Handler + ?Sized> Handler for Pin<KBox<T>> {
 ///
 /// # Invariants
 ///
-/// `nb` is registered with `register_oom_notifier()` and its callback is [`Self::notify`], for
+/// `nb` is registered with `register_oom_notifier()` and its callback is `Self::notify`, for
 /// as long as `self` exists, or until `fence` is dropped or revoked at unbind.
 ///
 /// # Examples

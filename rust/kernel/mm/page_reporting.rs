@@ -162,7 +162,7 @@ impl<'a> ContentsKept<'a> {
 ///
 /// # Invariants
 ///
-/// `info` is registered with `page_reporting_register()`, with [`Self::report_callback`], for
+/// `info` is registered with `page_reporting_register()`, with `Self::report_callback`, for
 /// as long as `self` exists, or until `fence` is dropped or revoked at unbind. `dev` is the
 /// device of the binding, bound while `info` is registered.
 #[pin_data(PinnedDrop)]

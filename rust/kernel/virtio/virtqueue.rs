@@ -23,6 +23,9 @@
 //!   guard of one then reaches the others ([`QueueGuard::sibling`]) without taking another
 //!   lock, and a queue can keep a buffer the driver's requests need ([`QueueGuard::replace_spare`])
 //!   under the same lock.
+//! - A thread holds one ring mutex at a time. All ring mutexes share one lockdep class, so
+//!   lockdep reports a second one taken while the first is held (it could deadlock against a
+//!   thread taking them in the other order); queues used together go into one group instead.
 //! - Queue callbacks run in hard-IRQ context, from the moment `find_vqs` creates the queues,
 //!   before the driver's probe has returned, until the queues are deleted. They only touch state
 //!   initialised before `find_vqs`: the per-queue wait queue and the driver's [`Handler`].
@@ -44,16 +47,15 @@
 //! A broken ring is not a stopped device: the device may still read and write what it was lent
 //! (a bogus used id breaks the ring, and the device goes on). So a wait returns `EIO` for a
 //! broken ring only once the device is reset, and only then may its caller reuse the memory.
-//! Resets are ordered by [`Quiesce`], one per device: the queues' deletion (freeze, remove, a
-//! failed probe), shutdown, [`Device::reset`], and waiters. A waiter resets the device only
-//! while one of the driver's callbacks that hold the device lock runs (probe, freeze, restore,
-//! remove, shutdown), or once unbind has started: the virtio core writes the status byte only
-//! after those return, and they close the window under the same mutex first. At any other time
+//! Resets are ordered by `Quiesce`, one per device: the queues' deletion (freeze, remove, a
+//! failed probe), shutdown, [`Device::reset`], and waiters. A waiter resets the device only while
+//! one of the driver's callbacks given a `Device<Core>` runs (probe, freeze, restore, remove,
+//! shutdown; see [`Device`]), or once unbind has started: the virtio core writes the status byte
+//! only after those return, and they close the window under the same mutex first. At any other time
 //! a reset could race the core's read-modify-write of the status and leave a device that never
-//! reads back 0 (`vp_reset()` then polls for ever). Outside those windows a broken device
-//! therefore keeps what it was lent, and its waiters sleep until a window opens; the driver's
-//! own `DRIVER_OK` goes through the same mutex, and is not set on a device reset since its
-//! queues were created.
+//! reads back 0 (`vp_reset()` then polls for ever). Outside those windows a broken device therefore
+//! keeps what it was lent, and its waiters sleep until a window opens; the driver's own `DRIVER_OK`
+//! goes through the same mutex, and is not set on a device reset since its queues were created.
 //!
 //! Every notification is sent under the RCU read lock, and a reset breaks the rings, waits for
 //! an RCU grace period, and only then resets: `virtio_reset_device()` must not run while a
@@ -69,33 +71,18 @@ use crate::{
         UnbindFence, //
     },
     error::to_result,
-    new_condvar, new_mutex, new_spinlock_irq,
     prelude::*,
     str::CStr,
     sync::{
         atomic::{
-            Acquire,
             Atomic,
-            Relaxed,
-            Release, //
-        },
-        rcu::{
-            self,
-            synchronize_rcu, //
+            Relaxed, //
         },
         Arc,
-        CondVar,
         Mutex,
-        MutexGuard,
-        SpinLockIrq,
-        SpinLockIrqGuard, //
+        MutexGuard, //
     },
-    time::{
-        msecs_to_jiffies,
-        Delta,
-        Instant,
-        Monotonic, //
-    },
+    time::Delta,
 };
 use core::{
     any::TypeId,
@@ -107,86 +94,46 @@ use core::{
     ptr::{
         addr_of,
         null,
-        null_mut,
-        NonNull, //
+        null_mut, //
     },
 };
 
+mod guard;
+mod info;
+mod quiesce;
+
+pub(super) use self::quiesce::{
+    begin_unbind,
+    callback_window,
+    live,
+    quiesce_leaked,
+    ready,
+    reset,
+    shutdown, //
+};
+use self::{
+    guard::RawGuard,
+    info::carries,
+    quiesce::{
+        kick,
+        wait,
+        Quiesce,
+        Slot,
+        When, //
+    },
+};
+pub use self::{
+    guard::{
+        QueueGuard,
+        Used, //
+    },
+    info::{
+        Lent,
+        QueueId,
+        QueueInfo, //
+    },
+};
 pub use super::buffer::Buffer;
-use crate::mm::pages::Pages;
-
-/// The buffer type of a queue, kept so the buffers can be given back and dropped as what they
-/// are.
-#[derive(Clone, Copy)]
-struct BufferType {
-    id: TypeId,
-    drop: unsafe fn(*mut c_void),
-}
-
-/// Checks that a queue with buffer type `buffer` carries the type `id`: `ENOENT` for an unused
-/// queue, `EINVAL` for another type.
-fn carries(buffer: Option<BufferType>, id: TypeId) -> Result {
-    match buffer {
-        None => Err(ENOENT),
-        Some(t) if t.id == id => Ok(()),
-        Some(_) => Err(EINVAL),
-    }
-}
-
-/// The buffer type of lending queues ([`QueueInfo::lending`]): no value of it exists, since
-/// a lending queue carries memory the driver does not own, for the duration of a call.
-pub enum Lent {}
-
-/// A queue of a driver's [`Virtqueues`]: its position in the list given to
-/// [`Virtqueues::new`], and the type of the buffers it carries.
-///
-/// A driver declares one constant per queue and names the queue by it everywhere: in its
-/// [`QueueInfo`], to lock it, to ask its ring size. The buffer type then follows from the
-/// name. The queues also check it when they are locked, as a safety net: an id is only a
-/// number, which safe code may make up.
-///
-/// # Examples
-///
-/// ```
-/// use kernel::{prelude::*, virtio::virtqueue::{Lent, QueueId, QueueInfo}};
-///
-/// const INFLATE: QueueId<KBox<[u32; 256]>> = QueueId::new(0);
-/// const REPORTING: QueueId<Lent> = QueueId::new(1);
-///
-/// let queues = [
-///     QueueInfo::new(INFLATE, c"inflate"),
-///     QueueInfo::lending(REPORTING, c"reporting"),
-/// ];
-/// assert_eq!(INFLATE.index(), 0);
-/// # let _ = queues;
-/// ```
-pub struct QueueId<B> {
-    index: usize,
-    _buffer: PhantomData<fn() -> B>,
-}
-
-impl<B> Clone for QueueId<B> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<B> Copy for QueueId<B> {}
-
-impl<B> QueueId<B> {
-    /// The queue at position `index` of the driver's list.
-    pub const fn new(index: usize) -> Self {
-        Self {
-            index,
-            _buffer: PhantomData,
-        }
-    }
-
-    /// The queue's position in the driver's list, as [`Handler::used`] reports it.
-    pub const fn index(self) -> usize {
-        self.index
-    }
-}
 
 /// A lending queue's token owns nothing; see [`Virtqueues::lend_and_wait`].
 ///
@@ -247,113 +194,6 @@ unsafe fn drop_token<B: Buffer>(token: *mut c_void) {
     drop(unsafe { B::from_raw(token) });
 }
 
-/// Describes one queue to create: its name, whether the device's notifications for it are
-/// wanted, and the [`Buffer`] type it carries.
-#[derive(Clone, Copy)]
-pub struct QueueInfo {
-    /// The position the driver says the queue has; checked by [`Virtqueues::new`].
-    index: usize,
-    name: Option<&'static CStr>,
-    callback: bool,
-    buffer: Option<BufferType>,
-    hints: bool,
-    /// The position of the queue whose ring lock serialises this one, if not its own.
-    lock: Option<usize>,
-}
-
-impl QueueInfo {
-    /// Queue `id`, named `name`, carrying buffers of type `B`, with notifications.
-    pub fn new<B: Buffer>(id: QueueId<B>, name: &'static CStr) -> Self {
-        Self {
-            index: id.index,
-            name: Some(name),
-            callback: true,
-            buffer: Some(BufferType {
-                id: TypeId::of::<B>(),
-                drop: drop_token::<B>,
-            }),
-            hints: false,
-            lock: None,
-        }
-    }
-
-    /// A queue through which the driver lends memory it does not own, for the duration of
-    /// [`Virtqueues::lend_and_wait`]; it carries no [`Buffer`].
-    pub fn lending(id: QueueId<Lent>, name: &'static CStr) -> Self {
-        Self {
-            index: id.index,
-            name: Some(name),
-            callback: true,
-            buffer: Some(BufferType {
-                id: TypeId::of::<Lent>(),
-                drop: forget_token,
-            }),
-            hints: false,
-            lock: None,
-        }
-    }
-
-    /// A queue the device has but the driver does not use (e.g. the queue of a feature that was
-    /// not negotiated); nothing is allocated for it.
-    pub const fn unused() -> Self {
-        Self {
-            index: usize::MAX,
-            name: None,
-            callback: false,
-            buffer: None,
-            hints: false,
-            lock: None,
-        }
-    }
-
-    /// The same queue if `wanted` (its feature was negotiated, say), else [`QueueInfo::unused`].
-    /// Last in a chain: what follows it applies to the unused queue too.
-    pub const fn only_if(self, wanted: bool) -> Self {
-        if wanted {
-            self
-        } else {
-            Self::unused()
-        }
-    }
-
-    /// The same queue without notifications: the driver only polls it.
-    pub const fn without_callback(self) -> Self {
-        Self {
-            callback: false,
-            ..self
-        }
-    }
-
-    /// The same queue, which also carries free page hints ([`QueueGuard::add_hint`]).
-    pub const fn with_hints(self) -> Self {
-        Self {
-            hints: true,
-            ..self
-        }
-    }
-
-    /// The same queue, serialised by the ring lock of queue `other` instead of a lock of its
-    /// own: the driver chooses which queues one lock covers. A guard of either queue reaches the
-    /// other ([`QueueGuard::sibling`]), so that a request that uses both takes one lock, as a C
-    /// driver's one mutex covers the queues it serialises.
-    ///
-    /// `other` must be a used queue with a lock of its own, and neither may be a
-    /// [`QueueInfo::lending`] queue, whose waits hold the lock where no guard can reach it
-    /// ([`Virtqueues::new`] fails with `EINVAL` otherwise). As with any mutex, locking a queue
-    /// while holding a guard of its group deadlocks: reach it with [`QueueGuard::sibling`].
-    pub const fn locked_with<C>(self, other: QueueId<C>) -> Self {
-        Self {
-            lock: Some(other.index),
-            ..self
-        }
-    }
-
-    /// Whether this is a [`QueueInfo::lending`] queue.
-    fn is_lending(&self) -> bool {
-        matches!(self.buffer, Some(t) if t.id == TypeId::of::<Lent>())
-    }
-}
-
 /// What a driver does when the device has used buffers of one of its queues.
 ///
 /// [`Handler::used`] runs in hard-IRQ context, possibly before probe has returned: it must not
@@ -375,289 +215,6 @@ impl Handler for () {}
 /// for a large request), and a dead one costs it only once, since the device is reset after it
 /// and later waits fail at once.
 pub const UNBIND_GRACE: Delta = Delta::from_millis(5000);
-
-/// The per-queue state the interrupt handler reaches.
-///
-/// # Invariants
-///
-/// `used` is waited on only with `notify` held, and notified only by [`Slot::wake`]: under
-/// `notify`, [`CondVar::has_waiters`] is exact.
-#[pin_data]
-struct Slot {
-    /// Serialises the ring operations of this queue, and of those locked with it.
-    #[pin]
-    ring: Mutex<()>,
-    /// Orders a callback's wake-up after a waiter's last look at the ring.
-    #[pin]
-    notify: SpinLockIrq<()>,
-    /// Waited on only with `notify` held, and notified only by [`Slot::wake`]: so, under
-    /// `notify`, [`CondVar::has_waiters`] is exact.
-    #[pin]
-    used: CondVar,
-    /// Whether the driver is being unbound: waits are bounded from then on.
-    unbinding: Atomic<bool>,
-}
-
-impl Slot {
-    fn new() -> impl PinInit<Self, Error> {
-        try_pin_init!(Self {
-            ring <- new_mutex!(()),
-            notify <- new_spinlock_irq!(()),
-            used <- new_condvar!(),
-            unbinding: Atomic::new(false),
-        }? Error)
-    }
-
-    /// Whether the driver is being unbound; read with `notify` locked, which `begin_unbind`
-    /// takes after setting it.
-    fn unbinding(&self) -> bool {
-        self.unbinding.load(Relaxed)
-    }
-
-    /// Sleeps until woken, with `notify` locked by the caller since its last look at the ring.
-    ///
-    /// While the driver is being unbound, the wait that started at `*since` (set on its first
-    /// bounded sleep) lasts at most [`UNBIND_GRACE`]; returns `false` once that has passed.
-    /// Each wait has its own grace period: a device that answers may take the time it needs
-    /// for the many requests of a deflate at unbind.
-    fn sleep(
-        &self,
-        notify: &mut SpinLockIrqGuard<'_, ()>,
-        since: &mut Option<Instant<Monotonic>>,
-    ) -> bool {
-        if !self.unbinding() {
-            self.used.wait(notify);
-            return true;
-        }
-        let start = since.get_or_insert_with(Instant::now);
-        let left = UNBIND_GRACE - start.elapsed();
-        if left.as_nanos() <= 0 {
-            return false;
-        }
-        let _ = self
-            .used
-            .wait_timeout(notify, msecs_to_jiffies(left.as_millis_ceil() as u32));
-        true
-    }
-
-    /// Wakes the queue's waiters, after whatever they wait for happened.
-    #[inline]
-    fn wake(&self) {
-        // A waiter holds `notify` from its last look at the ring until it is queued on `used`:
-        // under it, nobody queued means nobody to wake (a device usually answers within the
-        // notification, before its waiter looks). The wake-up itself comes after `notify` is
-        // dropped, so that the woken waiter does not spin on it; a waiter queued in between
-        // looked at the ring after this buffer was used.
-        let waiters = {
-            let _notify = self.notify.lock();
-            self.used.has_waiters()
-        };
-        if waiters {
-            self.used.notify_all();
-        }
-    }
-}
-
-/// Orders the resets and the `DRIVER_OK` of a device with queues, and tells waiters whether a
-/// reset happened and whether they may reset.
-///
-/// A waiter whose ring broke must not return before the device is stopped (see the module
-/// documentation); waiters of several queues may need that at once, and the callbacks reset
-/// too. The mutex orders them. It is shared ([`Arc`]) so that the callbacks, which find it
-/// through `priv` under a spin lock, can take the mutex after dropping that lock.
-///
-/// # Invariants
-///
-/// - While `done` is true, the device was broken and reset with no notification in progress,
-///   after the queues were last created, and its status was not set since.
-/// - `open` is true only while a callback of the driver that holds the device lock runs, or
-///   once the driver's unbind has started; it is cleared under `lock`.
-#[pin_data]
-struct Quiesce {
-    #[pin]
-    lock: Mutex<()>,
-    done: Atomic<bool>,
-    /// Whether a waiter may reset the device.
-    open: Atomic<bool>,
-    /// Whether a waiter already said that it waits for a reset.
-    told: Atomic<bool>,
-}
-
-impl Quiesce {
-    fn new() -> Result<Arc<Self>> {
-        Arc::pin_init(
-            pin_init!(Self {
-                lock <- new_mutex!(()),
-                done: Atomic::new(false),
-                // INVARIANT: Queues are made with a `Device<Core>`, inside a callback that holds
-                // the device lock, which closes the window before it returns.
-                open: Atomic::new(true),
-                told: Atomic::new(false),
-            }),
-            GFP_KERNEL,
-        )
-    }
-
-    /// Whether the device was reset since the queues were created.
-    fn done(&self) -> bool {
-        self.done.load(Acquire)
-    }
-
-    /// Whether a waiter may reset the device now; read under a waiter's `notify`, which
-    /// [`Quiesce::set_open`] takes after opening.
-    fn open(&self) -> bool {
-        self.open.load(Acquire)
-    }
-
-    /// Opens or closes the window in which waiters may reset `vdev`; opening wakes them.
-    ///
-    /// # Safety
-    ///
-    /// `vdev` is a valid device, the one whose queues `self` belongs to. The caller holds the
-    /// device lock, in a callback of the driver (probe, freeze, restore, remove, shutdown), and
-    /// closes the window before the callback returns unless unbind has started.
-    ///
-    /// Returns whether the device was reset since the queues were created, read under the
-    /// same lock: closing the window at the end of probe or restore, a reset one must not be
-    /// marked ready.
-    unsafe fn set_open(&self, vdev: *mut bindings::virtio_device, open: bool) -> bool {
-        let guard = self.lock.lock();
-        // INVARIANT: By the safety requirements.
-        self.open.store(open, Release);
-        let done = self.done();
-        drop(guard);
-        if open {
-            // SAFETY: `vdev` is valid.
-            unsafe { for_each_slot(vdev, Slot::wake) };
-        }
-        done
-    }
-
-    /// Resets `vdev` for a waiter whose ring broke or whose grace period ended, if nobody did
-    /// and the window is open; returns whether the device is reset now.
-    ///
-    /// # Safety
-    ///
-    /// `vdev` is a valid device, the one whose queues `self` belongs to.
-    unsafe fn try_reset(&self, vdev: *mut bindings::virtio_device) -> bool {
-        let guard = self.lock.lock();
-        if !self.done() {
-            if !self.open() {
-                return false;
-            }
-            // SAFETY: `vdev` is valid; the window is open and cannot close while we hold the
-            // lock: the callback that holds the device lock, or the unbinding thread, keeps the
-            // virtio core from writing the status meanwhile.
-            unsafe { self.stop_locked(vdev, || bindings::virtio_reset_device(vdev)) };
-        }
-        drop(guard);
-        // SAFETY: `vdev` is valid.
-        unsafe { for_each_slot(vdev, Slot::wake) };
-        true
-    }
-
-    /// Sets `DRIVER_OK` on `vdev` unless it is set, or the device was reset since its queues
-    /// were created (it would be ready without queues).
-    ///
-    /// # Safety
-    ///
-    /// `vdev` is a valid device, the one whose queues `self` belongs to, and its driver is bound.
-    unsafe fn ready(&self, vdev: *mut bindings::virtio_device) {
-        let _guard = self.lock.lock();
-        if !self.done() {
-            // SAFETY: By the safety requirements; a waiter's reset waits for `lock`.
-            unsafe { ready_raw(vdev) };
-        }
-    }
-
-    /// Breaks the rings of `vdev`, waits for the notifications in progress, and stops the device
-    /// with `stop` (a reset, or `virtio_device_shutdown()`), unless `when` is [`When::Once`] and
-    /// that was done already; then wakes every waiter, which finds its ring broken and the
-    /// device stopped.
-    ///
-    /// # Safety
-    ///
-    /// `vdev` is a valid device, the one whose queues `self` belongs to, and `stop` stops it as
-    /// `virtio_reset_device()` does. Nothing else sets the device's status meanwhile: the
-    /// caller runs in one of the driver's callbacks, which the virtio core calls one at a time
-    /// (probe and remove under the device lock; freeze and restore under the transport's,
-    /// during a sleep transition, when no probe or unbind runs), or the driver is being unbound
-    /// and the unbinding thread, which holds the device lock, waits for the caller.
-    unsafe fn stop(&self, vdev: *mut bindings::virtio_device, when: When, stop: impl FnOnce()) {
-        let guard = self.lock.lock();
-        if when == When::Always || !self.done() {
-            // SAFETY: By the safety requirements, with `lock` held.
-            unsafe { self.stop_locked(vdev, stop) };
-        }
-        drop(guard);
-        // SAFETY: `vdev` is valid.
-        unsafe { for_each_slot(vdev, Slot::wake) };
-    }
-
-    /// [`Quiesce::stop`]'s work, with `lock` held.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Quiesce::stop`]; the caller holds `lock`.
-    unsafe fn stop_locked(&self, vdev: *mut bindings::virtio_device, stop: impl FnOnce()) {
-        // SAFETY: `vdev` is a valid device (safety requirements); breaking a device without
-        // queues does nothing.
-        unsafe { bindings::virtio_break_device(vdev) };
-        // Every notification is sent under the RCU read lock, and `virtqueue_notify()` checks
-        // first that the ring is not broken ([`kick`]): after a grace period, none is in progress
-        // and none starts, as `virtio_reset_device()` requires. Callers sleep (they took a
-        // mutex), so they are not in an RCU read-side section.
-        synchronize_rcu();
-        stop();
-        // INVARIANT: The device was just broken and stopped, with no notification in progress,
-        // and `ready` takes `lock` before it sets the status.
-        self.done.store(true, Release);
-    }
-
-    /// Resets `vdev` (see [`Quiesce::stop`]).
-    ///
-    /// # Safety
-    ///
-    /// As for [`Quiesce::stop`].
-    unsafe fn reset(&self, vdev: *mut bindings::virtio_device, when: When) {
-        // SAFETY: By the safety requirements; `virtio_reset_device()` needs a valid device.
-        unsafe { self.stop(vdev, when, || bindings::virtio_reset_device(vdev)) };
-    }
-
-    /// Says once that `vdev`'s ring is broken and its waiters wait for a reset.
-    ///
-    /// # Safety
-    ///
-    /// `vdev` is a valid device.
-    unsafe fn tell(&self, vdev: *mut bindings::virtio_device) {
-        if self.told.xchg(true, Relaxed) {
-            return;
-        }
-        // SAFETY: `vdev` is a valid device (safety requirements), and so is its `struct device`.
-        let dev: &device::Device = unsafe { device::Device::from_raw(&raw mut (*vdev).dev) };
-        dev_err!(
-            dev,
-            "a ring is broken: what the device was lent stays lent until it can be reset\n"
-        );
-    }
-
-    /// The queues are about to be created again: nothing was reset since.
-    fn rearm(&self) {
-        let _guard = self.lock.lock();
-        // INVARIANT: `done` is false.
-        self.done.store(false, Release);
-        self.told.store(false, Relaxed);
-    }
-}
-
-/// Whether [`Quiesce::stop`] stops a device again that was stopped since the queues were created.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum When {
-    /// Always: shutdown, [`Device::reset`].
-    Always,
-    /// Only if nobody did: the queues' deletion, which also comes after a waiter's reset.
-    Once,
-}
 
 /// What the callbacks reach through `priv` without knowing the handler type: the first field of
 /// [`Virtqueues`].
@@ -1284,7 +841,8 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     where
         Error: From<E>,
     {
-        // `dev` proves that the device lock is held, `binding` how long the handler may borrow.
+        // `dev` proves a `Core` callback (no status write races ours), `binding` how long the
+        // handler may borrow.
         let same = dev.as_raw() == binding.device().as_raw();
         let dev = binding.device();
         let parts = Inner::prepare(queues);
@@ -1443,108 +1001,6 @@ impl<H: Handler> PinnedDrop for Virtqueues<'_, H> {
     }
 }
 
-/// Shuts `dev` down as the virtio core does for a driver without `shutdown()`
-/// (`virtio_device_shutdown()`: break the rings, wait for callbacks, reset), ordered with the
-/// resets of its waiters, and wakes them: they return `EIO`.
-pub(super) fn shutdown(dev: &Device<device::CoreInternal<'_>>) {
-    let vdev = dev.as_raw();
-    // SAFETY: `vdev` is a valid `struct virtio_device`.
-    let stop = || unsafe { bindings::virtio_device_shutdown(vdev) };
-    // SAFETY: `vdev` is valid.
-    match unsafe { quiesce_of(vdev) } {
-        // SAFETY: We hold the device lock (shutdown); `stop` resets the device.
-        Some(quiesce) => unsafe { quiesce.stop(vdev, When::Always, stop) },
-        None => stop(),
-    }
-}
-
-/// Starts the unbind of `dev`'s driver: from now on its waits for the device are bounded, and a
-/// waiter may reset the device (see the module documentation); the waiters asleep now are woken
-/// to notice.
-pub(super) fn begin_unbind(dev: &Device<device::CoreInternal<'_>>) {
-    let vdev = dev.as_raw();
-    // SAFETY: `dev` is a valid device.
-    unsafe {
-        for_each_slot(vdev, |slot| {
-            slot.unbinding.store(true, Relaxed);
-            slot.wake();
-        })
-    };
-    // SAFETY: `vdev` is a valid device.
-    if let Some(quiesce) = unsafe { quiesce_of(vdev) } {
-        // SAFETY: `vdev` is valid and its queues are `quiesce`'s; we hold its lock (remove,
-        // shutdown), and unbind has started: the window stays open.
-        unsafe { quiesce.set_open(vdev, true) };
-    }
-}
-
-/// Opens (`open`) or closes the window in which the waiters of `dev`'s queues may reset it, at
-/// the start and at the end of a callback of the driver during which the virtio core does not
-/// touch the status (see the module documentation). Returns whether the device was reset since
-/// its queues were created.
-pub(super) fn callback_window(dev: &Device<device::CoreInternal<'_>>, open: bool) -> bool {
-    let vdev = dev.as_raw();
-    // SAFETY: `vdev` is a valid device.
-    let Some(quiesce) = (unsafe { quiesce_of(vdev) }) else {
-        return false;
-    };
-    // SAFETY: `vdev` is valid and its queues are `quiesce`'s; we run in one of the driver's
-    // callbacks (probe, freeze, restore), which closes the window before it returns (callers).
-    unsafe { quiesce.set_open(vdev, open) }
-}
-
-/// Whether `dev` has queues that are neither frozen nor reset: after a driver's freeze, a
-/// device that would be suspended live.
-pub(super) fn live(dev: &Device<device::CoreInternal<'_>>) -> bool {
-    // SAFETY: `dev` is a valid device.
-    unsafe { quiesce_of(dev.as_raw()) }.is_some_and(|quiesce| !quiesce.done())
-}
-
-/// Resets `dev`, ordered with the resets of its queues' waiters ([`Device::reset`]).
-pub(super) fn reset(dev: &Device<device::Core<'_>>) {
-    let vdev = dev.as_raw();
-    // SAFETY: `vdev` is a valid device.
-    match unsafe { quiesce_of(vdev) } {
-        // SAFETY: `vdev` is valid and its queues are `quiesce`'s; we hold the device lock
-        // (`Core`), and `virtio_reset_device()` stops the device.
-        Some(quiesce) => unsafe { quiesce.reset(vdev, When::Always) },
-        // SAFETY: `vdev` is a valid device.
-        None => unsafe { bindings::virtio_reset_device(vdev) },
-    }
-}
-
-/// Sets `DRIVER_OK` on `dev`, ordered with the resets of its queues' waiters ([`Device::ready`]).
-pub(super) fn ready(dev: &Device<device::Core<'_>>) {
-    let vdev = dev.as_raw();
-    // SAFETY: `vdev` is a valid device.
-    match unsafe { quiesce_of(vdev) } {
-        // SAFETY: `vdev` is valid, bound (`Core`), and its queues are `quiesce`'s.
-        Some(quiesce) => unsafe { quiesce.ready(vdev) },
-        // SAFETY: As above; without queues, nothing else resets the device.
-        None => unsafe { ready_raw(vdev) },
-    }
-}
-
-/// Sets `DRIVER_OK` unless set.
-///
-/// # Safety
-///
-/// `vdev` is a valid device whose driver is bound, and no reset runs meanwhile.
-unsafe fn ready_raw(vdev: *mut bindings::virtio_device) {
-    // SAFETY: `vdev` is valid (safety requirements), and its `config` points at its
-    // transport's operations; C reads the status through the op too (`virtio_device_ready()`).
-    let Some(get_status) = (unsafe { (*(*vdev).config).get_status }) else {
-        return;
-    };
-    // SAFETY: As above.
-    let status = u32::from(unsafe { get_status(vdev) });
-    if status & bindings::VIRTIO_CONFIG_S_DRIVER_OK == 0 {
-        // SAFETY: As above; the check keeps the `WARN_ON()` in `virtio_device_ready()` from
-        // firing.
-        unsafe { bindings::virtio_device_ready(vdev) };
-    }
-}
-
 /// Deletes the queues of `vdev` (`config->del_vqs`, which C drivers also call through the op:
 /// there is no wrapper) and frees their interrupts.
 ///
@@ -1559,141 +1015,6 @@ unsafe fn del_vqs(vdev: *mut bindings::virtio_device) {
         // SAFETY: By the safety requirements.
         unsafe { del_vqs(vdev) };
     }
-}
-
-/// Calls `f` on the [`Head`] of `vdev`'s queues, if it has any, under `vqs_list_lock`.
-///
-/// # Safety
-///
-/// `vdev` is a valid device.
-unsafe fn with_head<R>(
-    vdev: *mut bindings::virtio_device,
-    f: impl FnOnce(&Head) -> R,
-) -> Option<R> {
-    // SAFETY: `vdev` is valid. A non-null `priv` is a live `Virtqueues` (`repr(C)`, `head`
-    // first), cleared under `vqs_list_lock` before it is freed (`release`): it stays alive while
-    // we hold that lock.
-    unsafe {
-        let lock = &raw mut (*vdev).vqs_list_lock;
-        bindings::spin_lock(lock);
-        let head = (*vdev).priv_.cast_const().cast::<Head>();
-        let r = head.as_ref().map(f);
-        bindings::spin_unlock(lock);
-        r
-    }
-}
-
-/// Calls `f` on each slot of `vdev`'s queues, if it has any, under `vqs_list_lock`.
-///
-/// # Safety
-///
-/// `vdev` is a valid device.
-unsafe fn for_each_slot(vdev: *mut bindings::virtio_device, f: impl Fn(&Slot)) {
-    // SAFETY: By the safety requirements.
-    unsafe { with_head(vdev, |head| head.slots.iter().for_each(f)) };
-}
-
-/// The [`Quiesce`] of `vdev`'s queues, if it has any.
-///
-/// # Safety
-///
-/// `vdev` is a valid device.
-unsafe fn quiesce_of(vdev: *mut bindings::virtio_device) -> Option<Arc<Quiesce>> {
-    // SAFETY: By the safety requirements.
-    unsafe { with_head(vdev, |head| head.quiesce.clone()) }
-}
-
-/// Notifies the device of `vq`'s new buffers, under the RCU read lock that [`Quiesce::stop`]
-/// waits for; returns `false` if the ring is broken or the notification failed.
-///
-/// # Safety
-///
-/// `vq` is a live queue, and its ring mutex is held for the caller.
-#[inline]
-unsafe fn kick(vq: *mut bindings::virtqueue) -> bool {
-    let _rcu = rcu::read_lock();
-    // SAFETY: By the safety requirements. `virtqueue_notify()` checks that the ring is not
-    // broken, under the RCU read lock, and notifying does not sleep.
-    unsafe { bindings::virtqueue_kick(vq) }
-}
-
-/// Waits once for `vq`, with `notify` locked since the caller found no used buffer in it.
-///
-/// Returns `Ok(())` when the caller should look at the ring again, or the error that ends the
-/// wait: `EIO` for a broken ring, `ETIMEDOUT` when the unbind grace period ends first. An error
-/// comes only once the device is reset ([`Quiesce::done`]): it can no longer reach what it was
-/// lent. A waiter resets it itself only while the window is open (see the module
-/// documentation); outside it, a broken ring's waiter sleeps until a reset or the window opens.
-///
-/// # Safety
-///
-/// `vq` is a live queue, its ring mutex is held for the caller, and `quiesce` belongs to its
-/// queues.
-unsafe fn wait(
-    vq: *mut bindings::virtqueue,
-    slot: &Slot,
-    quiesce: &Quiesce,
-    mut notify: SpinLockIrqGuard<'_, ()>,
-    since: &mut Option<Instant<Monotonic>>,
-) -> Result {
-    // SAFETY: `vq` is live (safety requirements), and so is its device.
-    let vdev = unsafe { (*vq).vdev };
-    // SAFETY: As above.
-    let err = if unsafe { bindings::virtqueue_is_broken(vq) } {
-        // `Quiesce` sets `done` and `open`, then takes `notify` to wake us.
-        if quiesce.done() {
-            return Err(EIO);
-        }
-        if !quiesce.open() {
-            // SAFETY: `vdev` is valid.
-            unsafe { quiesce.tell(vdev) };
-            slot.used.wait(&mut notify);
-            return Ok(());
-        }
-        EIO
-    } else if slot.sleep(&mut notify, since) {
-        return Ok(());
-    } else {
-        // SAFETY: `vdev` is valid, and so is its `struct device`.
-        let dev: &device::Device = unsafe { device::Device::from_raw(&raw mut (*vdev).dev) };
-        dev_warn!(
-            dev,
-            "no answer within {} ms of unbind: resetting the device\n",
-            UNBIND_GRACE.as_millis()
-        );
-        ETIMEDOUT
-    };
-    drop(notify);
-    // SAFETY: `vdev` has queues, `quiesce`'s.
-    if unsafe { quiesce.try_reset(vdev) } {
-        return Err(err);
-    }
-    // The window closed meanwhile (it only can for a broken ring: the grace period runs out only
-    // during unbind, when it stays open): look again.
-    Ok(())
-}
-
-/// Breaks the queues the driver leaked, once its data is gone (after `remove()` or a failed
-/// probe), and wakes their waiters: whatever still uses them gets `EIO` until the device is
-/// unbound and their fence deletes them.
-///
-/// [`Virtqueues`] deletes its queues when dropped. A driver that leaks it instead
-/// (`mem::forget`, a reference cycle) leaks its memory too, and other leaked parts of the driver
-/// (a notifier, say) may still use the queues until their own fences end them at unbind.
-///
-/// Returns whether there were such queues; they are broken and the device reset.
-pub(super) fn quiesce_leaked(dev: &Device<device::CoreInternal<'_>>) -> bool {
-    let vdev = dev.as_raw();
-    // SAFETY: `vdev` is a valid device.
-    let Some(quiesce) = (unsafe { quiesce_of(vdev) }) else {
-        return false;
-    };
-    dev_warn!(dev.as_ref(), "the driver leaked its virtqueues\n");
-    // Reset here, under the device lock: the leaked waiters then find the reset done, and do not
-    // reset the device themselves once the virtio core is setting its status again.
-    // SAFETY: `vdev` is valid, and we hold the device lock (remove, or a failed probe).
-    unsafe { quiesce.reset(vdev, When::Always) };
-    true
 }
 
 /// Drops every buffer left in `vq`.
@@ -1720,477 +1041,6 @@ unsafe fn reclaim(queue: &Queue, vq: *mut bindings::virtqueue) {
         // SAFETY: By the type invariants, `token` comes from `into_raw` of the queue's
         // buffer type, and the ring hands it out once.
         unsafe { (buffer.drop)(token) };
-    }
-}
-
-/// A buffer the device has used, back in the driver's hands.
-pub struct Used<B> {
-    /// The buffer.
-    pub buf: B,
-    /// How many bytes the device says it wrote, at most the buffer's size.
-    pub len: usize,
-}
-
-/// Exclusive access to one queue, for ring operations.
-///
-/// Adding and taking back buffers needs their type `B`; every other operation is the
-/// non-generic guard's inside, which this forwards to. The inner guard is never handed out: two
-/// guards of queues with different buffer types would hold the same type inside, and swapping
-/// them would let a buffer of one type into the other queue. That does not compile
-/// (`tests/test_compile_fail.py` checks it):
-///
-/// ```ignore
-/// // compile_fail: E0614
-/// use kernel::{prelude::*, virtio::virtqueue::QueueGuard};
-///
-/// fn swap(a: &mut QueueGuard<'_, KBox<[u32; 256]>>, b: &mut QueueGuard<'_, KBox<u64>>) {
-///     core::mem::swap(&mut **a, &mut **b);
-/// }
-/// ```
-///
-/// The operations a guard offers take it whole:
-///
-/// ```
-/// use kernel::{prelude::*, virtio::virtqueue::QueueGuard};
-///
-/// fn notify(vq: &mut QueueGuard<'_, KBox<[u32; 256]>>) -> bool {
-///     vq.num_free() < vq.size() && vq.kick()
-/// }
-/// # let _ = notify;
-/// ```
-///
-/// # Invariants
-///
-/// Every token in the queue of `raw`, and its spare, comes from `B::into_raw`.
-pub struct QueueGuard<'a, B: Buffer> {
-    raw: RawGuard<'a>,
-    _buffer: PhantomData<B>,
-}
-
-/// Exclusive access to one queue for the ring operations that do not depend on its buffer type;
-/// not generic, so that a driver's module does not carry a copy of them, but for the few lines
-/// marked `#[inline]` that every request runs.
-///
-/// # Invariants
-///
-/// `vq` is the live ring of `queue`, a queue of `core`. Its ring mutex is held: by `_ring`, or,
-/// for a sibling, by the guard it borrows mutably, so that one guard at most of that mutex is
-/// usable at a time. `slot` and `quiesce` belong to `queue`.
-struct RawGuard<'a> {
-    _ring: Option<MutexGuard<'a, ()>>,
-    core: &'a Inner<'a>,
-    queue: &'a Queue,
-    vq: *mut bindings::virtqueue,
-    slot: &'a Slot,
-    quiesce: &'a Quiesce,
-}
-
-impl<B: Buffer> QueueGuard<'_, B> {
-    #[inline]
-    fn add(&mut self, buf: B, len: usize, out: bool, flags: Flags) -> Result<(), (Error, B)> {
-        let (start, size) = buf.region();
-        if len == 0 || len > size {
-            return Err((EINVAL, buf));
-        }
-        let token = buf.into_raw();
-        // SAFETY: `start..start + len` is linear-map memory that stays valid while `token` is in
-        // the ring (`Buffer` safety requirements), `token` is non-null and comes from
-        // `B::into_raw`, as every token of this queue does (type invariant).
-        match unsafe { self.raw.add(start, len as u32, token, out, flags) } {
-            Ok(()) => Ok(()),
-            // SAFETY: The ring did not take `token`, which came from `into_raw` above.
-            Err(e) => Err((e, unsafe { B::from_raw(token) })),
-        }
-    }
-
-    /// Lends the first `len` bytes of `buf` to the device to read.
-    ///
-    /// On failure (`ENOSPC` when the ring is full, `EIO` when it is broken, `EINVAL` for a bad
-    /// length) the buffer comes back with the error.
-    #[inline]
-    pub fn add_outbuf(&mut self, buf: B, len: usize, flags: Flags) -> Result<(), (Error, B)> {
-        self.add(buf, len, true, flags)
-    }
-
-    /// Lends all of `buf` to the device to write.
-    #[inline]
-    pub fn add_inbuf(&mut self, buf: B, flags: Flags) -> Result<(), (Error, B)> {
-        let len = buf.region().1;
-        self.add(buf, len, false, flags)
-    }
-
-    /// The buffer of a used token.
-    ///
-    /// # Safety
-    ///
-    /// `token` is a used token of this queue, which the ring hands out once.
-    unsafe fn used(token: NonNull<c_void>, len: u32) -> Used<B> {
-        // SAFETY: Every token of this queue comes from `B::into_raw` (type invariant), and the
-        // ring hands each out once (see the module documentation).
-        let buf = unsafe { B::from_raw(token.as_ptr()) };
-        let len = (len as usize).min(buf.region().1);
-        Used { buf, len }
-    }
-
-    /// Takes back a buffer the device has used, if any.
-    #[inline]
-    pub fn get_buf(&mut self) -> Option<Used<B>> {
-        let (token, len) = self.raw.get()?;
-        // SAFETY: `token` was just taken from the ring.
-        Some(unsafe { Self::used(token, len) })
-    }
-
-    /// Sleeps until the device has used a buffer, and takes it back.
-    ///
-    /// Fails with `ENOENT` if the device holds no buffer of this queue, with `EIO` once the
-    /// queue is broken and the device reset, and with `ETIMEDOUT` if the device does not answer
-    /// within [`UNBIND_GRACE`] during unbind (see the module documentation). The buffers the
-    /// device held stay in the queue until the queues are deleted. Notifications must be
-    /// enabled; on a queue created without a callback nothing would end the wait, and this fails
-    /// with `EINVAL` (poll it with [`QueueGuard::get_buf`]).
-    #[inline]
-    pub fn wait_buf(&mut self) -> Result<Used<B>> {
-        let (token, len) = self.raw.wait()?;
-        // SAFETY: `token` was just taken from the ring.
-        Ok(unsafe { Self::used(token, len) })
-    }
-
-    /// Hints to the device that the memory of `block` is free, in an in-buffer over the block.
-    ///
-    /// The block stays the caller's: a hint owns nothing, and the block may be freed while the
-    /// hint is still in the ring. That is the protocol of free page hinting (virtio 1.2,
-    /// 5.5.6.6): the device only uses a hint to skip the pages while they are not written, and
-    /// never writes them itself. A device without `ACCESS_PLATFORM` reaches all of guest memory
-    /// in any case. Fails with `EINVAL` on a queue not made [`QueueInfo::with_hints`] and on a
-    /// ring that maps its buffers for the device (`ACCESS_PLATFORM`, Xen), where a hinted
-    /// block stays mapped until the hint comes back; and as [`QueueGuard::add_outbuf`]
-    /// otherwise.
-    #[inline]
-    pub fn add_hint(&mut self, block: &Pages, flags: Flags) -> Result {
-        self.raw.add_hint(block, flags)
-    }
-
-    /// Notifies the device of added buffers; returns `false` if the notification failed and the
-    /// queue is broken.
-    #[inline]
-    pub fn kick(&mut self) -> bool {
-        self.raw.kick()
-    }
-
-    /// Asks the device for notifications again; returns `false` if buffers were used meanwhile
-    /// (poll them, they will not be notified).
-    #[inline]
-    pub fn enable_cb(&mut self) -> bool {
-        self.raw.enable_cb()
-    }
-
-    /// Asks the device not to notify this queue (a hint).
-    #[inline]
-    pub fn disable_cb(&mut self) {
-        self.raw.disable_cb()
-    }
-
-    /// The number of free descriptors.
-    #[inline]
-    pub fn num_free(&self) -> usize {
-        self.raw.num_free()
-    }
-
-    /// The size of the ring, in descriptors.
-    #[inline]
-    pub fn size(&self) -> usize {
-        self.raw.size()
-    }
-
-    /// Whether the ring is broken: the device misbehaved or is gone.
-    #[inline]
-    pub fn is_broken(&self) -> bool {
-        self.raw.is_broken()
-    }
-
-    /// Queue `id`, which shares this queue's ring lock ([`QueueInfo::locked_with`]), for as long
-    /// as this guard is not used: one lock taken covers a request that uses both. The queues of
-    /// a group exist, or are frozen, together.
-    ///
-    /// Fails with `EINVAL` if there is no queue `id`, or it has another lock or carries another
-    /// buffer type, and with `ENOENT` if it is unused.
-    ///
-    /// ```
-    /// use kernel::{prelude::*, virtio::{virtqueue::QueueGuard, QueueId}};
-    ///
-    /// const DEFLATE: QueueId<KBox<[u32; 256]>> = QueueId::new(1);
-    ///
-    /// // `inflate` is a guard of the queue that `DEFLATE` is locked with.
-    /// fn kick_both(inflate: &mut QueueGuard<'_, KBox<[u32; 256]>>) -> Result {
-    ///     inflate.sibling(DEFLATE)?.kick();
-    ///     inflate.kick();
-    ///     Ok(())
-    /// }
-    /// # let _ = kick_both;
-    /// ```
-    ///
-    /// The sibling borrows the guard: the guard is not used while it lives,
-    ///
-    /// ```ignore
-    /// // compile_fail: E0499
-    /// use kernel::{prelude::*, virtio::{virtqueue::QueueGuard, QueueId}};
-    ///
-    /// fn both(inflate: &mut QueueGuard<'_, KBox<u64>>, deflate: QueueId<KBox<u64>>) -> Result {
-    ///     let mut deflate = inflate.sibling(deflate)?;
-    ///     inflate.kick();
-    ///     deflate.kick();
-    ///     Ok(())
-    /// }
-    /// ```
-    ///
-    /// nor dropped, which would unlock the group:
-    ///
-    /// ```ignore
-    /// // compile_fail: E0505
-    /// use kernel::{prelude::*, virtio::{virtqueue::QueueGuard, QueueId}};
-    ///
-    /// fn outlive(inflate: QueueGuard<'_, KBox<u64>>, deflate: QueueId<KBox<u64>>) -> Result {
-    ///     let mut inflate = inflate;
-    ///     let mut deflate = inflate.sibling(deflate)?;
-    ///     drop(inflate);
-    ///     deflate.kick();
-    ///     Ok(())
-    /// }
-    /// ```
-    #[inline]
-    pub fn sibling<C: Buffer>(&mut self, id: QueueId<C>) -> Result<QueueGuard<'_, C>> {
-        // INVARIANT: `RawGuard::sibling` checked that the queue carries `C`.
-        Ok(QueueGuard {
-            raw: self.raw.sibling(id.index, TypeId::of::<C>())?,
-            _buffer: PhantomData,
-        })
-    }
-
-    /// Takes the buffer the queue keeps for the driver ([`QueueGuard::replace_spare`]), if any.
-    #[inline]
-    pub fn take_spare(&mut self) -> Option<B> {
-        // SAFETY: Null is a valid token to store; we own what comes back.
-        let token = unsafe { self.raw.swap_spare(null_mut()) };
-        // SAFETY: The spare comes from `into_raw` of the queue's buffer type, `B` (type
-        // invariant), and is ours now.
-        NonNull::new(token).map(|t| unsafe { B::from_raw(t.as_ptr()) })
-    }
-
-    /// Gives `buf` to the queue to keep for the driver, and returns the spare it had: a buffer
-    /// a request needs, kept under the lock that serialises the request, so that the request
-    /// takes no other lock. It stays through [`Virtqueues::freeze`] and [`Virtqueues::restore`];
-    /// the [`Virtqueues`] drop it.
-    ///
-    /// ```
-    /// use kernel::{prelude::*, virtio::virtqueue::QueueGuard};
-    ///
-    /// // Sends the queue's spare buffer, and keeps it again once the device has read it.
-    /// fn send(vq: &mut QueueGuard<'_, KBox<[u8; 64]>>) -> Result {
-    ///     let buf = vq.take_spare().ok_or(EIO)?;
-    ///     vq.add_outbuf(buf, 64, GFP_KERNEL).map_err(|(e, buf)| {
-    ///         vq.replace_spare(buf);
-    ///         e
-    ///     })?;
-    ///     vq.kick();
-    ///     let used = vq.wait_buf()?;
-    ///     vq.replace_spare(used.buf);
-    ///     Ok(())
-    /// }
-    /// # let _ = send;
-    /// ```
-    #[inline]
-    pub fn replace_spare(&mut self, buf: B) -> Option<B> {
-        // SAFETY: The token comes from `into_raw` of `B`, the queue's buffer type (type
-        // invariant), and is not used again; we own what comes back.
-        let old = unsafe { self.raw.swap_spare(buf.into_raw()) };
-        // SAFETY: As in `take_spare`.
-        NonNull::new(old).map(|t| unsafe { B::from_raw(t.as_ptr()) })
-    }
-}
-
-impl RawGuard<'_> {
-    /// A guard of queue `index`, which must be locked with this one ([`QueueInfo::locked_with`])
-    /// and carry the buffer type `id`; it borrows this guard's lock.
-    #[inline]
-    fn sibling(&mut self, index: usize, id: TypeId) -> Result<RawGuard<'_>> {
-        let core = self.core;
-        let queue = core.queues.get(index).ok_or(EINVAL)?;
-        carries(queue.info.buffer, id)?;
-        if queue.ring != self.queue.ring {
-            return Err(EINVAL);
-        }
-        // SAFETY: Queue `index` has our ring mutex (checked above), which `self` holds and which
-        // the returned guard borrows `self` for.
-        unsafe { core.guard(index, None) }
-    }
-
-    /// Exchanges the queue's spare buffer for `token`; either may be null.
-    ///
-    /// # Safety
-    ///
-    /// `token` is null or comes from `into_raw` of the queue's buffer type, and is not used
-    /// again; the caller owns what is returned.
-    #[inline]
-    unsafe fn swap_spare(&mut self, token: *mut c_void) -> *mut c_void {
-        // INVARIANT: By the safety requirements, `token` is null or of the queue's buffer type.
-        // SAFETY: The queue's ring mutex is held for this guard, the one usable guard of it
-        // (type invariant), which `&mut self` keeps from doing anything else meanwhile.
-        unsafe { self.queue.spare.replace(token) }
-    }
-
-    /// Adds one buffer of `len` bytes at `start` with `token`.
-    ///
-    /// # Safety
-    ///
-    /// `start..start + len` is linear-map memory that stays valid while `token` is in the ring,
-    /// and `token` is non-null and of the queue's buffer type.
-    unsafe fn add(
-        &mut self,
-        start: *mut u8,
-        len: u32,
-        token: *mut c_void,
-        out: bool,
-        flags: Flags,
-    ) -> Result {
-        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
-        // SAFETY: `sg` is valid for writes, and `start..start + len` is linear-map memory (safety
-        // requirements).
-        unsafe { bindings::sg_init_one(sg.as_mut_ptr(), start.cast(), len) };
-        // The ring maps `sg` before returning, so it may live on the stack; the memory it points
-        // at stays valid while the token is in the ring (safety requirements).
-        // SAFETY: `self.vq` is live and its ring mutex is held for this guard (type invariant),
-        // `sg` is one initialised entry, and `token` is non-null.
-        to_result(unsafe {
-            if out {
-                bindings::virtqueue_add_outbuf(self.vq, sg.as_mut_ptr(), 1, token, flags.as_raw())
-            } else {
-                bindings::virtqueue_add_inbuf(self.vq, sg.as_mut_ptr(), 1, token, flags.as_raw())
-            }
-        })
-    }
-
-    /// Takes a used token out of the ring, skipping hints, with the length the device wrote.
-    #[inline]
-    fn get(&mut self) -> Option<(NonNull<c_void>, u32)> {
-        let mut len = 0u32;
-        loop {
-            // SAFETY: `self.vq` is live and exclusively ours (type invariant).
-            let token = unsafe { bindings::virtqueue_get_buf(self.vq, &mut len) };
-            // A used hint needs nothing done.
-            if token != hint_token() {
-                return NonNull::new(token).map(|t| (t, len));
-            }
-        }
-    }
-
-    /// [`QueueGuard::wait_buf`]'s work: inline for a device that answered within the
-    /// notification, as most do, and out of line for a wait.
-    #[inline]
-    fn wait(&mut self) -> Result<(NonNull<c_void>, u32)> {
-        if self.queue.info.callback {
-            if let Some(used) = self.get() {
-                return Ok(used);
-            }
-        }
-        self.wait_slow()
-    }
-
-    /// [`RawGuard::wait`] once the device had not answered yet.
-    fn wait_slow(&mut self) -> Result<(NonNull<c_void>, u32)> {
-        // Without notifications nothing would end the wait.
-        if !self.queue.info.callback {
-            return Err(EINVAL);
-        }
-        let slot = self.slot;
-        let mut since = None;
-        loop {
-            // A device usually answers within the notification: finding that needs no lock,
-            // which is only there to order a wake-up after the look that precedes a sleep.
-            if let Some(used) = self.get() {
-                return Ok(used);
-            }
-            let notify = slot.notify.lock();
-            if let Some(used) = self.get() {
-                return Ok(used);
-            }
-            // With nothing in the queue there is nothing to wait for, nor to protect.
-            if self.num_free() == self.size() {
-                return Err(if self.is_broken() { EIO } else { ENOENT });
-            }
-            // SAFETY: `self.vq` is live and its ring mutex is held for this guard (type
-            // invariant), and `self.quiesce` belongs to its queues.
-            unsafe { wait(self.vq, slot, self.quiesce, notify, &mut since) }?;
-        }
-    }
-
-    /// [`QueueGuard::add_hint`]'s work.
-    fn add_hint(&mut self, block: &Pages, flags: Flags) -> Result {
-        if !self.queue.info.hints {
-            return Err(EINVAL);
-        }
-        // SAFETY: `self.vq` is live (type invariant), and so is its device.
-        let mapped = unsafe {
-            !bindings::virtqueue_dma_dev(self.vq).is_null() || !(*(*self.vq).vdev).map.is_null()
-        };
-        // A ring that maps its buffers (`ACCESS_PLATFORM`, Xen, a mapping transport) keeps a
-        // hinted block mapped for the device until the hint comes back: freeing it before would
-        // let the device write memory that has a new owner.
-        if mapped {
-            return Err(EINVAL);
-        }
-        let len = u32::try_from(block.len())?;
-        let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::uninit();
-        // SAFETY: `sg` is valid for writes; one entry over the block's pages, which `block`
-        // keeps allocated for this call, is a valid scatterlist.
-        unsafe {
-            bindings::sg_init_table(sg.as_mut_ptr(), 1);
-            bindings::sg_set_page(sg.as_mut_ptr(), block.as_raw(), len, 0);
-        }
-        // SAFETY: `self.vq` is live and its ring mutex is held for this guard (type invariant);
-        // the ring maps `sg` before returning; the token is the hint sentinel, which owns nothing.
-        to_result(unsafe {
-            bindings::virtqueue_add_inbuf(self.vq, sg.as_mut_ptr(), 1, hint_token(), flags.as_raw())
-        })
-    }
-
-    /// Notifies the device of added buffers; returns `false` if the notification failed and the
-    /// queue is broken.
-    #[inline]
-    fn kick(&mut self) -> bool {
-        // SAFETY: `self.vq` is live and exclusively ours (type invariant).
-        unsafe { kick(self.vq) }
-    }
-
-    /// Asks the device for notifications again; returns `false` if buffers were used meanwhile
-    /// (poll them, they will not be notified).
-    fn enable_cb(&mut self) -> bool {
-        // SAFETY: `self.vq` is live and exclusively ours (type invariant).
-        unsafe { bindings::virtqueue_enable_cb(self.vq) }
-    }
-
-    /// Asks the device not to notify this queue (a hint).
-    fn disable_cb(&mut self) {
-        // SAFETY: `self.vq` is live and exclusively ours (type invariant).
-        unsafe { bindings::virtqueue_disable_cb(self.vq) }
-    }
-
-    /// The number of free descriptors.
-    fn num_free(&self) -> usize {
-        // SAFETY: `self.vq` is live (type invariant); `num_free` only changes under the ring
-        // mutex held for this guard.
-        unsafe { (*self.vq).num_free as usize }
-    }
-
-    /// The size of the ring, in descriptors.
-    fn size(&self) -> usize {
-        // SAFETY: `self.vq` is live (type invariant).
-        unsafe { bindings::virtqueue_get_vring_size(self.vq) as usize }
-    }
-
-    /// Whether the ring is broken: the device misbehaved or is gone.
-    fn is_broken(&self) -> bool {
-        // SAFETY: `self.vq` is live (type invariant).
-        unsafe { bindings::virtqueue_is_broken(self.vq) }
     }
 }
 

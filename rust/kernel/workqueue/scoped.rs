@@ -66,7 +66,7 @@ impl WorkQueue {
 ///
 /// # Invariants
 ///
-/// `work` is initialised with [`ScopedWork::run_callback`] as its function, is only queued on
+/// `work` is initialised with `ScopedWork::run_callback` as its function, is only queued on
 /// `queue`, and is disabled before `handler` and `queue` are dropped, or at the latest by
 /// `fence`'s action if `self` is leaked.
 ///
