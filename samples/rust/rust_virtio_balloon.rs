@@ -114,7 +114,7 @@ type PfnBuffer = KBox<[le::U32; PFNS_PER_REQUEST]>;
 
 /// One statistic (`struct virtio_balloon_stat`).
 #[repr(C)]
-#[derive(Clone, Copy, FromBytes, IntoBytes)]
+#[derive(Clone, Copy, Default, FromBytes, IntoBytes)]
 struct Stat {
     tag: le::U16,
     val: le::U64,
@@ -331,7 +331,8 @@ impl Shared<'_> {
     }
 
     /// Moves the balloon one request towards the target; returns whether it is not there yet.
-    fn step(&self) -> bool {
+    /// Fails if the device takes no request (broken or reset): retrying would only spin.
+    fn step(&self) -> Result<bool> {
         let (target, size) = (self.target(), self.balloon.pages());
         if target > size {
             // The guest keeps its reserve whatever the host asks: the C driver takes every page
@@ -348,7 +349,7 @@ impl Shared<'_> {
                 }
                 fsleep(Delta::from_millis(200));
             } else {
-                let got = self.fill(want).unwrap_or(0);
+                let got = self.fill(want)?;
                 if got < want {
                     if self.puff.allow() {
                         dev_info!(self.dev, "Out of puff! Can't get {} pages\n", want - got);
@@ -366,7 +367,7 @@ impl Shared<'_> {
             self.held_back.store(false, Relaxed);
         }
         // A target changed meanwhile schedules the work anyway: no need to read it again.
-        target != self.balloon.pages()
+        Ok(target != self.balloon.pages())
     }
 
     /// Fills `buf` with fresh statistics and hands it to the host.
@@ -623,11 +624,7 @@ impl<'a> Shared<'a> {
             Err(ENOENT) => return Ok(()),
             vq => vq?,
         };
-        let zero = Stat {
-            tag: le::U16::ZERO,
-            val: le::U64::ZERO,
-        };
-        let buf = KBox::new([zero; STATS_NR], GFP_KERNEL)?;
+        let buf = KBox::new([Stat::default(); STATS_NR], GFP_KERNEL)?;
         Self::send_stats(&mut vq, buf)
     }
 
@@ -803,8 +800,11 @@ impl virtio::Driver for VirtioBalloonDriver {
                 dev_warn!(dev, "statistics: {:?}\n", e);
             }
         }
-        if this.core.step() {
-            dev.schedule_work();
+        match this.core.step() {
+            Ok(true) => _ = dev.schedule_work(),
+            Ok(false) => {}
+            // A new target schedules the work again.
+            Err(e) => dev_warn!(dev, "inflating stopped: {:?}\n", e),
         }
     }
 
