@@ -565,7 +565,9 @@ pub trait Driver {
 /// they run during a system sleep transition, with the transport's device lock held by the PM
 /// core, user space frozen and probing blocked, so no probe or unbind of this device runs
 /// meanwhile (a transport's removal takes the transport's lock first). Methods of
-/// `Device<Core>` rely on that, not on this device's lock.
+/// `Device<Core>` rely on that, not on this device's lock. (A kernel built without
+/// `CONFIG_SUSPEND_FREEZER` leaves user space running during suspend, and then a sysfs unbind
+/// could race freeze; C's `virtio_device_freeze()` assumes the same as this abstraction.)
 ///
 /// # Invariants
 ///

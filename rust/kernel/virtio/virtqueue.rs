@@ -83,6 +83,7 @@ use crate::{
         MutexGuard, //
     },
     time::Delta,
+    types::NotThreadSafe,
 };
 use core::{
     any::TypeId,
@@ -116,6 +117,7 @@ use self::{
     info::carries,
     quiesce::{
         kick,
+        replace_priv,
         wait,
         Quiesce,
         Slot,
@@ -517,17 +519,14 @@ impl<'a> Inner<'a> {
         // SAFETY: `vdev` is a valid `struct virtio_device`; its `priv` belongs to the driver,
         // and for Rust drivers to this abstraction, which clears it before probe. Non-null means
         // the device already has queues.
-        unsafe {
-            if !(*vdev).priv_.is_null() {
-                return Err(EBUSY);
-            }
-            (*vdev).priv_ = this;
+        if !unsafe { replace_priv(vdev, null_mut(), this) } {
+            return Err(EBUSY);
         }
         // SAFETY: `priv` points at `this` (above), for which `callback` is made (safety
         // requirements).
         let vqs = unsafe { Self::find(dev, &queues, callback) }.inspect_err(|_| {
             // SAFETY: As above; on failure the transport has undone everything it did.
-            unsafe { (*vdev).priv_ = null_mut() };
+            unsafe { replace_priv(vdev, this, null_mut()) };
         })?;
         // Nobody else can see `queues` yet.
         for (queue, vq) in queues.iter_mut().zip(vqs) {
@@ -580,8 +579,8 @@ impl<'a> Inner<'a> {
 
     /// [`Virtqueues::freeze`]'s work.
     fn freeze(&self, dev: &Device<device::Core<'_>>) -> Result {
-        // `dev` proves that a driver callback runs: freeze and restore run one at a time, under
-        // the transport's lock, while no probe or unbind does.
+        // `dev` proves that one of the driver's `Core` callbacks runs, which the virtio core
+        // calls one at a time, with no status write of its own meanwhile (see [`Device`]).
         if dev.as_raw() != self.dev.as_raw() {
             return Err(EINVAL);
         }
@@ -590,7 +589,8 @@ impl<'a> Inner<'a> {
     }
 
     /// Breaks the rings, resets the device, wakes the waiters, drops the buffers and deletes
-    /// the queues, if they exist. Callers hold the device lock or the only reference to `self`.
+    /// the queues, if they exist. Callers run in one of the driver's `Core` callbacks (see
+    /// [`Device`]), or own `self` (its drop, the fence's action at unbind).
     fn delete(&self) {
         if !self.live.load(Relaxed) {
             return;
@@ -625,15 +625,10 @@ impl<'a> Inner<'a> {
 
     /// Clears `priv`, under the lock `with_head` reads it under.
     fn release(&self) {
-        let vdev = self.dev.as_raw();
-        // SAFETY: `vdev` is valid, and `priv` points at the `Virtqueues` whose core is `self`
-        // (type invariant); `vqs_list_lock` is an initialised spin lock of the device.
-        unsafe {
-            let lock = &raw mut (*vdev).vqs_list_lock;
-            bindings::spin_lock(lock);
-            (*vdev).priv_ = null_mut();
-            bindings::spin_unlock(lock);
-        }
+        let this = core::ptr::from_ref(self).cast_mut().cast();
+        // SAFETY: `self.dev` is valid, and `priv` points at the `Virtqueues` whose core is
+        // `self`, at its offset 0 (type invariant), and belongs to this abstraction.
+        unsafe { replace_priv(self.dev.as_raw(), this, null_mut()) };
     }
 
     /// The fence's action, which deletes the queues: from their drop, or at unbind if they were
@@ -832,6 +827,37 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
     /// their notifications, which may borrow for as long as `binding`, of `dev`, lasts.
     ///
     /// Notifications may arrive as soon as this returns, and before the device is marked ready.
+    ///
+    /// The initializer must run in the callback that `dev` is given to: queues are created where
+    /// no status write of the virtio core can race their resets. It is not `Send`, so it cannot
+    /// be kept in the driver data or handed to a work item to run later
+    /// (`tests/test_compile_fail.py` checks that this does not compile):
+    ///
+    /// ```ignore
+    /// // compile_fail: E0277
+    /// use kernel::{device::{Bound, Core}, devres::Binding, virtio};
+    ///
+    /// fn later<T: Send>(init: T) -> T {
+    ///     init
+    /// }
+    ///
+    /// fn probe<'a>(dev: &virtio::Device<Core<'_>>, binding: Binding<'a, virtio::Device<Bound>>) {
+    ///     let _ = later(virtio::Virtqueues::<()>::new(dev, binding, &[], ()));
+    /// }
+    /// ```
+    ///
+    /// Run in the callback:
+    ///
+    /// ```
+    /// use kernel::{device::{Bound, Core}, devres::Binding, prelude::*, virtio};
+    ///
+    /// fn probe<'a>(
+    ///     dev: &virtio::Device<Core<'_>>,
+    ///     binding: Binding<'a, virtio::Device<Bound>>,
+    /// ) -> Result<Pin<KBox<virtio::Virtqueues<'a, ()>>>> {
+    ///     KBox::pin_init(virtio::Virtqueues::new(dev, binding, &[], ()), GFP_KERNEL)
+    /// }
+    /// ```
     pub fn new<E>(
         dev: &Device<device::Core<'_>>,
         binding: Binding<'a, Device<device::Bound>>,
@@ -842,14 +868,17 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
         Error: From<E>,
     {
         // `dev` proves a `Core` callback (no status write races ours), `binding` how long the
-        // handler may borrow.
+        // handler may borrow. The initializer holds `in_callback`, which is not `Send`, so that
+        // it runs on the callback's thread, where the callback keeps `dev` valid.
         let same = dev.as_raw() == binding.device().as_raw();
+        let in_callback = NotThreadSafe;
         let dev = binding.device();
         let parts = Inner::prepare(queues);
 
         try_pin_init!(&this in Self {
             // Before the queues exist: the callback uses it.
             handler <- {
+                let _in_callback = in_callback;
                 if !same {
                     return Err(EINVAL);
                 }
@@ -862,12 +891,13 @@ impl<'a, H: Handler + 'a> Virtqueues<'a, H> {
                 // The transport's reset and `del_vqs` stop the callbacks, as C drivers' remove
                 // relies on (PCI and MMIO free the interrupts, which waits for a handler in
                 // flight; a vDPA parent runs them under the lock its reset takes).
-                // SAFETY: The queues were just created for `this`; their callbacks stop (above)
-                // before pin-init drops `core` and `handler`, which the callbacks use.
+                // SAFETY: The queues were just created for `this`, in the callback (the
+                // initializer is not `Send`); their callbacks stop (above) before pin-init drops
+                // `core` and `handler`, which the callbacks use. `priv` points at `this`.
                 let undo = || unsafe {
                     bindings::virtio_reset_device(dev.as_raw());
                     del_vqs(dev.as_raw());
-                    (*dev.as_raw()).priv_ = null_mut();
+                    replace_priv(dev.as_raw(), this.as_ptr().cast(), null_mut());
                 };
                 // SAFETY: `this` points at the queues being initialised; taking the address of
                 // one of their fields reads nothing.

@@ -56,9 +56,9 @@ pub(super) struct Slot {
     /// Waited on only with `notify` held, and notified only by [`Slot::wake`]: so, under
     /// `notify`, [`CondVar::has_waiters`] is exact.
     #[pin]
-    pub(super) used: CondVar,
+    used: CondVar,
     /// Whether the driver is being unbound: waits are bounded from then on.
-    pub(super) unbinding: Atomic<bool>,
+    unbinding: Atomic<bool>,
 }
 
 impl Slot {
@@ -73,7 +73,7 @@ impl Slot {
 
     /// Whether the driver is being unbound; read with `notify` locked, which `begin_unbind`
     /// takes after setting it.
-    pub(super) fn unbinding(&self) -> bool {
+    fn unbinding(&self) -> bool {
         self.unbinding.load(Relaxed)
     }
 
@@ -83,7 +83,7 @@ impl Slot {
     /// bounded sleep) lasts at most [`UNBIND_GRACE`]; returns `false` once that has passed.
     /// Each wait has its own grace period: a device that answers may take the time it needs
     /// for the many requests of a deflate at unbind.
-    pub(super) fn sleep(
+    fn sleep(
         &self,
         notify: &mut SpinLockIrqGuard<'_, ()>,
         since: &mut Option<Instant<Monotonic>>,
@@ -134,16 +134,17 @@ impl Slot {
 /// - While `done` is true, the device was broken and reset with no notification in progress,
 ///   after the queues were last created, and its status was not set since.
 /// - `open` is true only while a callback of the driver given a `Device<Core>` runs, or once
-///   the driver's unbind has started; it is cleared under `lock`.
+///   the driver's unbind or shutdown has started (the virtio core writes no status after
+///   either); it is cleared under `lock`.
 #[pin_data]
 pub(super) struct Quiesce {
     #[pin]
-    pub(super) lock: Mutex<()>,
-    pub(super) done: Atomic<bool>,
+    lock: Mutex<()>,
+    done: Atomic<bool>,
     /// Whether a waiter may reset the device.
-    pub(super) open: Atomic<bool>,
+    open: Atomic<bool>,
     /// Whether a waiter already said that it waits for a reset.
-    pub(super) told: Atomic<bool>,
+    told: Atomic<bool>,
 }
 
 impl Quiesce {
@@ -183,7 +184,7 @@ impl Quiesce {
     /// Returns whether the device was reset since the queues were created, read under the
     /// same lock: closing the window at the end of probe or restore, a reset one must not be
     /// marked ready.
-    pub(super) unsafe fn set_open(&self, vdev: *mut bindings::virtio_device, open: bool) -> bool {
+    unsafe fn set_open(&self, vdev: *mut bindings::virtio_device, open: bool) -> bool {
         let guard = self.lock.lock();
         // INVARIANT: By the safety requirements.
         self.open.store(open, Release);
@@ -202,7 +203,7 @@ impl Quiesce {
     /// # Safety
     ///
     /// `vdev` is a valid device, the one whose queues `self` belongs to.
-    pub(super) unsafe fn try_reset(&self, vdev: *mut bindings::virtio_device) -> bool {
+    unsafe fn try_reset(&self, vdev: *mut bindings::virtio_device) -> bool {
         let guard = self.lock.lock();
         if !self.done() {
             if !self.open() {
@@ -225,7 +226,7 @@ impl Quiesce {
     /// # Safety
     ///
     /// `vdev` is a valid device, the one whose queues `self` belongs to, and its driver is bound.
-    pub(super) unsafe fn ready(&self, vdev: *mut bindings::virtio_device) {
+    unsafe fn ready(&self, vdev: *mut bindings::virtio_device) {
         let _guard = self.lock.lock();
         if !self.done() {
             // SAFETY: By the safety requirements; a waiter's reset waits for `lock`.
@@ -243,15 +244,11 @@ impl Quiesce {
     /// `vdev` is a valid device, the one whose queues `self` belongs to, and `stop` stops it as
     /// `virtio_reset_device()` does. Nothing else sets the device's status meanwhile: the
     /// caller runs in one of the driver's callbacks, which the virtio core calls one at a time
-    /// (probe and remove under the device lock; freeze and restore under the transport's,
-    /// during a sleep transition, when no probe or unbind runs), or the driver is being unbound
-    /// and the unbinding thread, which holds the device lock, waits for the caller.
-    pub(super) unsafe fn stop(
-        &self,
-        vdev: *mut bindings::virtio_device,
-        when: When,
-        stop: impl FnOnce(),
-    ) {
+    /// (probe, remove and shutdown under the device lock; freeze and restore under the
+    /// transport's, during a sleep transition, when no probe or unbind runs; see [`Device`]), or
+    /// the driver is being unbound and the unbinding thread, which holds the device lock, waits
+    /// for the caller.
+    unsafe fn stop(&self, vdev: *mut bindings::virtio_device, when: When, stop: impl FnOnce()) {
         let guard = self.lock.lock();
         if when == When::Always || !self.done() {
             // SAFETY: By the safety requirements, with `lock` held.
@@ -267,14 +264,18 @@ impl Quiesce {
     /// # Safety
     ///
     /// As for [`Quiesce::stop`]; the caller holds `lock`.
-    pub(super) unsafe fn stop_locked(
-        &self,
-        vdev: *mut bindings::virtio_device,
-        stop: impl FnOnce(),
-    ) {
+    unsafe fn stop_locked(&self, vdev: *mut bindings::virtio_device, stop: impl FnOnce()) {
         // SAFETY: `vdev` is a valid device (safety requirements); breaking a device without
         // queues does nothing.
         unsafe { bindings::virtio_break_device(vdev) };
+        // As `virtio_synchronize_cbs()` (inline, so through the op as C does): the transport's
+        // interrupt handlers in flight finish, and later ones see the rings broken. Not every
+        // transport's reset waits for them (virtio-mmio's only writes the status).
+        // SAFETY: `vdev` is valid, and its `config` points at its transport's operations.
+        if let Some(synchronize_cbs) = unsafe { (*(*vdev).config).synchronize_cbs } {
+            // SAFETY: `vdev` is valid; we run in process context, in no interrupt handler.
+            unsafe { synchronize_cbs(vdev) };
+        }
         // Every notification is sent under the RCU read lock, and `virtqueue_notify()` checks
         // first that the ring is not broken ([`kick`]): after a grace period, none is in progress
         // and none starts, as `virtio_reset_device()` requires. Callers sleep (they took a
@@ -301,7 +302,7 @@ impl Quiesce {
     /// # Safety
     ///
     /// `vdev` is a valid device.
-    pub(super) unsafe fn tell(&self, vdev: *mut bindings::virtio_device) {
+    unsafe fn tell(&self, vdev: *mut bindings::virtio_device) {
         if self.told.xchg(true, Relaxed) {
             return;
         }
@@ -361,7 +362,9 @@ pub(in crate::virtio) fn begin_unbind(dev: &Device<device::CoreInternal<'_>>) {
     // SAFETY: `vdev` is a valid device.
     if let Some(quiesce) = unsafe { quiesce_of(vdev) } {
         // SAFETY: `vdev` is valid and its queues are `quiesce`'s; we hold its lock (remove,
-        // shutdown), and unbind has started: the window stays open.
+        // shutdown), and unbind or shutdown has started: the window stays open, since the
+        // virtio core writes no status after either but the reset after remove, which this
+        // mutex orders.
         unsafe { quiesce.set_open(vdev, true) };
     }
 }
@@ -421,7 +424,7 @@ pub(in crate::virtio) fn ready(dev: &Device<device::Core<'_>>) {
 /// # Safety
 ///
 /// `vdev` is a valid device whose driver is bound, and no reset runs meanwhile.
-pub(super) unsafe fn ready_raw(vdev: *mut bindings::virtio_device) {
+unsafe fn ready_raw(vdev: *mut bindings::virtio_device) {
     // SAFETY: `vdev` is valid (safety requirements), and its `config` points at its
     // transport's operations; C reads the status through the op too (`virtio_device_ready()`).
     let Some(get_status) = (unsafe { (*(*vdev).config).get_status }) else {
@@ -441,7 +444,7 @@ pub(super) unsafe fn ready_raw(vdev: *mut bindings::virtio_device) {
 /// # Safety
 ///
 /// `vdev` is a valid device.
-pub(super) unsafe fn with_head<R>(
+unsafe fn with_head<R>(
     vdev: *mut bindings::virtio_device,
     f: impl FnOnce(&Head) -> R,
 ) -> Option<R> {
@@ -458,12 +461,37 @@ pub(super) unsafe fn with_head<R>(
     }
 }
 
+/// Sets `vdev`'s `priv` to `new` if it is `old`, under the lock [`with_head`] reads it under;
+/// returns whether it did.
+///
+/// # Safety
+///
+/// `vdev` is a valid device, whose `priv` belongs to this abstraction: it is null or points at
+/// a live `Virtqueues` of `vdev` (see [`with_head`]), and `new` keeps it so.
+pub(super) unsafe fn replace_priv(
+    vdev: *mut bindings::virtio_device,
+    old: *mut c_void,
+    new: *mut c_void,
+) -> bool {
+    // SAFETY: `vdev` is valid; `vqs_list_lock` is an initialised spin lock of the device.
+    unsafe {
+        let lock = &raw mut (*vdev).vqs_list_lock;
+        bindings::spin_lock(lock);
+        let replaced = (*vdev).priv_ == old;
+        if replaced {
+            (*vdev).priv_ = new;
+        }
+        bindings::spin_unlock(lock);
+        replaced
+    }
+}
+
 /// Calls `f` on each slot of `vdev`'s queues, if it has any, under `vqs_list_lock`.
 ///
 /// # Safety
 ///
 /// `vdev` is a valid device.
-pub(super) unsafe fn for_each_slot(vdev: *mut bindings::virtio_device, f: impl Fn(&Slot)) {
+unsafe fn for_each_slot(vdev: *mut bindings::virtio_device, f: impl Fn(&Slot)) {
     // SAFETY: By the safety requirements.
     unsafe { with_head(vdev, |head| head.slots.iter().for_each(f)) };
 }
@@ -473,7 +501,7 @@ pub(super) unsafe fn for_each_slot(vdev: *mut bindings::virtio_device, f: impl F
 /// # Safety
 ///
 /// `vdev` is a valid device.
-pub(super) unsafe fn quiesce_of(vdev: *mut bindings::virtio_device) -> Option<Arc<Quiesce>> {
+unsafe fn quiesce_of(vdev: *mut bindings::virtio_device) -> Option<Arc<Quiesce>> {
     // SAFETY: By the safety requirements.
     unsafe { with_head(vdev, |head| head.quiesce.clone()) }
 }
