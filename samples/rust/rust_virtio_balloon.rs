@@ -80,6 +80,7 @@ use kernel::{
     virtio::{
         self,
         balloon::{
+            Config,
             F_DEFLATE_ON_OOM,
             F_FREE_PAGE_HINT,
             F_MUST_TELL_HOST,
@@ -102,9 +103,6 @@ use kernel::{
         ScopedWork, //
     },
 };
-
-/// The device's configuration space.
-type Config = virtio::balloon::Config;
 
 /// Frame numbers per request: QEMU and other hosts reject more.
 const PFNS_PER_REQUEST: usize = 256;
@@ -200,9 +198,10 @@ impl Host<'_> {
     /// probe, and at restore if the device kept one (a broken device).
     fn provide_buffers(&self) -> Result {
         for queue in [INFLATE, DEFLATE] {
+            // Allocated before the lock, which migration must not find held by reclaim.
+            let new = KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL)?;
             let mut vq = self.vqs.lock(queue)?;
-            let new = || KBox::new([le::U32::ZERO; PFNS_PER_REQUEST], GFP_KERNEL);
-            let buf = vq.take_spare().map_or_else(new, Ok)?;
+            let buf = vq.take_spare().unwrap_or(new);
             vq.replace_spare(buf);
         }
         Ok(())
@@ -331,7 +330,6 @@ impl Shared<'_> {
     }
 
     /// Moves the balloon one request towards the target; returns whether it is not there yet.
-    /// Fails if the device takes no request (broken or reset): retrying would only spin.
     fn step(&self) -> Result<bool> {
         let (target, size) = (self.target(), self.balloon.pages());
         if target > size {
@@ -349,7 +347,11 @@ impl Shared<'_> {
                 }
                 fsleep(Delta::from_millis(200));
             } else {
-                let got = self.fill(want)?;
+                let got = match self.fill(want) {
+                    // Broken, reset or frozen, the device takes no request: retrying would spin.
+                    Err(e @ (EIO | ETIMEDOUT | ENODEV)) => return Err(e),
+                    got => got.unwrap_or(0),
+                };
                 if got < want {
                     if self.puff.allow() {
                         dev_info!(self.dev, "Out of puff! Can't get {} pages\n", want - got);
@@ -410,10 +412,8 @@ impl Shared<'_> {
     /// Hands the host fresh statistics: the buffer it returned goes back filled.
     fn answer_stats(&self) -> Result {
         let mut vq = self.host().vqs.lock(STATS)?;
-        match vq.get_buf() {
-            Some(used) => Self::send_stats(&mut vq, used.buf),
-            None => Ok(()),
-        }
+        vq.get_buf()
+            .map_or(Ok(()), |used| Self::send_stats(&mut vq, used.buf))
     }
 }
 
@@ -620,11 +620,11 @@ impl<'a> Shared<'a> {
     /// Gives the host its first statistics buffer, which it answers when it first wants
     /// statistics; does nothing without a statistics queue.
     fn prime_stats(&self) -> Result {
+        let buf = KBox::new([Stat::default(); STATS_NR], GFP_KERNEL)?;
         let mut vq = match self.host().vqs.lock(STATS) {
             Err(ENOENT) => return Ok(()),
             vq => vq?,
         };
-        let buf = KBox::new([Stat::default(); STATS_NR], GFP_KERNEL)?;
         Self::send_stats(&mut vq, buf)
     }
 
