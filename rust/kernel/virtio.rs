@@ -172,8 +172,7 @@ impl<T: Driver + 'static> Adapter<T> {
 
         // `priv` belongs to the bound driver, and `Virtqueues` keeps itself there. A driver bound
         // before (a C one, say) may have left its own pointer behind.
-        // SAFETY: `vdev` is valid, and no queues exist before probe.
-        unsafe { (*vdev).priv_ = core::ptr::null_mut() };
+        virtqueue::forget_priv(dev);
 
         let ret = from_result(|| {
             if !dev.has_ops() {

@@ -106,6 +106,7 @@ mod quiesce;
 pub(super) use self::quiesce::{
     begin_unbind,
     callback_window,
+    forget_priv,
     live,
     quiesce_leaked,
     ready,
@@ -657,7 +658,9 @@ impl<'a> Inner<'a> {
             return Err(EBUSY);
         }
         // Before any ring exists that a waiter could find broken.
-        self.head.quiesce.rearm();
+        // SAFETY: The queues are deleted (not `live`), and are created below, in the `Core`
+        // callback `dev` proves.
+        unsafe { self.head.quiesce.rearm() };
         // SAFETY: `priv` still points at the `Virtqueues` whose core is `self` (type invariant),
         // fully initialised, and `self.callback` is its callback.
         let vqs = unsafe { Self::find(self.dev, &self.queues, self.callback) }?;

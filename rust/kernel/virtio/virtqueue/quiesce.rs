@@ -163,13 +163,13 @@ impl Quiesce {
     }
 
     /// Whether the device was reset since the queues were created.
-    pub(super) fn done(&self) -> bool {
+    fn done(&self) -> bool {
         self.done.load(Acquire)
     }
 
     /// Whether a waiter may reset the device now; read under a waiter's `notify`, which
     /// [`Quiesce::set_open`] takes after opening.
-    pub(super) fn open(&self) -> bool {
+    fn open(&self) -> bool {
         self.open.load(Acquire)
     }
 
@@ -315,7 +315,12 @@ impl Quiesce {
     }
 
     /// The queues are about to be created again: nothing was reset since.
-    pub(super) fn rearm(&self) {
+    ///
+    /// # Safety
+    ///
+    /// The queues of `self` are deleted, and the caller creates them again before it returns,
+    /// in one of the driver's `Core` callbacks (see [`Device`]): no reset comes in between.
+    pub(super) unsafe fn rearm(&self) {
         let _guard = self.lock.lock();
         // INVARIANT: `done` is false.
         self.done.store(false, Release);
@@ -458,6 +463,21 @@ unsafe fn with_head<R>(
         let r = head.as_ref().map(f);
         bindings::spin_unlock(lock);
         r
+    }
+}
+
+/// Forgets what a driver bound before left in `dev`'s `priv` (a C driver's own pointer, say): from
+/// probe on, `priv` is this abstraction's, null until the driver's queues are created.
+pub(in crate::virtio) fn forget_priv(dev: &Device<device::CoreInternal<'_>>) {
+    let vdev = dev.as_raw();
+    // SAFETY: `vdev` is valid, and `vqs_list_lock` is an initialised spin lock of it. Nothing of
+    // this driver is in `priv` yet (its probe runs), so no reader of this abstraction can find
+    // anything there but null.
+    unsafe {
+        let lock = &raw mut (*vdev).vqs_list_lock;
+        bindings::spin_lock(lock);
+        (*vdev).priv_ = core::ptr::null_mut();
+        bindings::spin_unlock(lock);
     }
 }
 
