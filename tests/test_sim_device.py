@@ -447,6 +447,27 @@ def hostile(request, name, hangs):
     return request.getfixturevalue("hostile_guest")
 
 
+@pytest.mark.parametrize("which", DRIVERS)
+def test_init_on_free_reports_only_with_page_poison(request, hostile_guest, which):
+    """With init_on_free the allocator zeroes every page it frees, and
+    VIRTIO_BALLOON_F_PAGE_POISON is how a driver tells the device what free
+    pages hold (poison_val 0: any value, the guest zeroes them again): C's
+    validate() keeps the bit, and turns reporting off when the device does
+    not offer it. Both drivers must negotiate the same bits, tell 0, and
+    report."""
+    g = hostile_guest
+    b = Bound(g, which, F_REPORTING, accepted=0)
+    assert b.sim.state()["negotiated"] & (F_REPORTING | F_PAGE_POISON) == 0
+    b.finish(request)
+    b = Bound(g, which, F_REPORTING | F_PAGE_POISON)
+    s0 = b.sim.state()
+    assert s0["poison_val"] == 0, s0
+    g.sh("dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null", timeout=300)
+    b.sim.wait(lambda s: s["reported_frames"] >= s0["reported_frames"] + frames(64 * MiB),
+               "64 MiB reported", 120)
+    b.finish(request, timeout=60)
+
+
 @pytest.mark.checks_splats
 @pytest.mark.parametrize("mode", ["bad_id", "twice"])
 @pytest.mark.parametrize("which", ["c", "rust"])
