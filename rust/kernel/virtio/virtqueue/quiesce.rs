@@ -366,10 +366,10 @@ pub(in crate::virtio) fn begin_unbind(dev: &Device<device::CoreInternal<'_>>) {
     };
     // SAFETY: `vdev` is a valid device.
     if let Some(quiesce) = unsafe { quiesce_of(vdev) } {
+        // The window stays open: the virtio core writes no status after remove or shutdown
+        // has started, but for the reset after remove, which this mutex orders.
         // SAFETY: `vdev` is valid and its queues are `quiesce`'s; we hold its lock (remove,
-        // shutdown), and unbind or shutdown has started: the window stays open, since the
-        // virtio core writes no status after either but the reset after remove, which this
-        // mutex orders.
+        // shutdown), and unbind or shutdown has started (above).
         unsafe { quiesce.set_open(vdev, true) };
     }
 }
