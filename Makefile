@@ -12,18 +12,27 @@
 #
 # Variables: KDIR=/path/to/linux-7.3 (use your tree), DRIVER=c|rust (make run),
 # TESTS="tests/test_balloon.py -k unload" (make check), RB_ACCEL=kvm|tcg,
-# BENCH_ARGS="--reps 3 --size-mib 512" (make bench).
+# BENCH_ARGS="--reps 3 --size-mib 512" (make bench), ARCH=x86_64|arm64 (the
+# guest: arm64 is QEMU's virt machine with 64 KiB pages and two NUMA nodes;
+# make check ARCH=arm64 runs the arm64 lane, TESTS_arm64).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 S := scripts
 PY := build/venv/bin/python
 DRIVER ?= rust
-TESTS ?= tests
-export KDIR LLVM_SUFFIX RB_ACCEL
+ARCH ?= x86_64
+# The arm64 lane: what 64 KiB pages, the virt machine and NUMA change. The
+# rest of the suite tests code that is the same on every architecture.
+TESTS_arm64 := tests/test_kunit.py tests/test_balloon.py tests/test_numa.py \
+	tests/test_free_page_reporting.py tests/test_absurd_target.py
+TESTS ?= $(or $(TESTS_$(ARCH)),tests)
+REPORT := build/report$(if $(filter-out x86_64,$(ARCH)),-$(ARCH)).xml
+export KDIR LLVM_SUFFIX RB_ACCEL ARCH
+export RB_ARCH := $(ARCH)
 
 help:
-	@sed -n '3,17s/^# \{0,1\}//p' Makefile
+	@sed -n '3,20s/^# \{0,1\}//p' Makefile
 
 setup:
 	@$(S)/setup.sh
@@ -48,7 +57,7 @@ shell: release
 check: debug
 	@. $(S)/lib.sh; src=$$(kernel_src); \
 	RB_KSRC=$$src RB_KBUILD=$$CACHE/build-$$ARCH-debug RB_FLAVOUR=debug \
-		$(PY) -m pytest $(TESTS)
+		$(PY) -m pytest --junitxml=$(REPORT) $(TESTS)
 
 clean:
 	rm -rf build

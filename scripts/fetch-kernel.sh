@@ -25,44 +25,9 @@ if [ -n "$cur" ] && [ -f "$cur/.unpacked" ]; then
 fi
 
 pkg=linux-source-$KVER_WANT
-apt_dir=$CACHE/apt
-mkdir -p "$apt_dir/state/lists/partial" "$apt_dir/cache/archives/partial" \
-	"$apt_dir/empty" "$CACHE/src" "$CACHE/debs"
-
-# Reuse the Debian mirror the machine already uses; the host name is read
-# here and never written down.
-mirror=$(
-	{
-		cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
-			awk 'tolower($1)=="uris:" {for (i=2;i<=NF;i++) print $i}' || true
-		cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-			awk '$1=="deb" {for (i=2;i<=NF;i++) if ($i !~ /^\[/ && $i !~ /\]$/ && $i !~ /=/) {print $i; break}}' || true
-	} | grep -E '/debian/?$' | head -n 1 || true
-)
-[ -n "$mirror" ] || die "no Debian mirror found in /etc/apt" \
-	"add a 'deb <mirror>/debian ...' line, or pass KDIR=/path/to/linux-$KVER_WANT"
-
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-{
-	for suite in trixie-backports sid; do
-		echo "deb [signed-by=$keyring] $mirror $suite main"
-	done
-} >"$apt_dir/sources.list"
-
-apt_opts=(
-	-o "Dir::Etc::SourceList=$apt_dir/sources.list"
-	-o "Dir::Etc::SourceParts=$apt_dir/empty"
-	-o "Dir::Etc::Preferences=$apt_dir/empty/none"
-	-o "Dir::Etc::PreferencesParts=$apt_dir/empty"
-	-o "Dir::State=$apt_dir/state"
-	-o "Dir::State::status=/var/lib/dpkg/status"
-	-o "Dir::Cache=$apt_dir/cache"
-	-o "Debug::NoLocking=1"
-	-o "APT::Get::List-Cleanup=0"
-)
-
-run_logged "$LOGS/apt-update.log" "apt-get update (private state in $apt_dir)" \
-	apt-get "${apt_opts[@]}" update
+mkdir -p "$CACHE/src" "$CACHE/debs"
+private_apt "$(dpkg --print-architecture)" \
+	"or pass KDIR=/path/to/linux-$KVER_WANT"
 ver=$(apt-cache "${apt_opts[@]}" madison "$pkg" | awk -F' *\\| *' '{print $2}' |
 	sort -V | tail -n 1)
 [ -n "$ver" ] || die "no $pkg in trixie-backports or sid" \

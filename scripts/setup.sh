@@ -11,6 +11,11 @@ packages=(
 	make flex bison bc cpio xz-utils patch perl libelf-dev libssl-dev
 	qemu-system-x86 busybox-static ccache python3-venv git gcc libc6-dev
 )
+# arm64 guests: QEMU's virt machine and a cross compiler for the guest's
+# user space. Their busybox is Debian's busybox-static:arm64, fetched into
+# the cache by initramfs.sh.
+[ "$ARCH" = arm64 ] &&
+	packages+=(qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0
 """A QEMU guest for the balloon tests: boot, command channel, QMP, logs.
 
-The guest's console (ttyS0) goes to a log file; a second serial port (ttyS1)
-carries the command agent of tests/guest/agent; QMP listens on a unix socket.
+The guest is x86_64 (q35) or, with RB_ARCH=arm64, arm64 (virt, 64 KiB
+pages). Its console (ttyS0, or the PL011's ttyAMA0) goes to a log file; a
+second serial port (ttyS1), or a virtio console (hvc0) on arm64, carries the
+command agent of tests/guest/agent; QMP listens on a unix socket.
 Every wait has a timeout, and QEMU is killed when the Guest is closed, when
 the Python process exits, and (PR_SET_PDEATHSIG) when it dies.
 """
@@ -29,7 +31,21 @@ RUN = BUILD / "run"
 
 QOM_BALLOON = "/machine/peripheral/balloon0"
 MiB = 1 << 20
-PAGE = 4096
+
+# The guest's architecture (make check ARCH=...), and the page size its
+# kernel is configured with (.config.$ARCH.fragment); every boot checks PAGE
+# against the guest's own. The balloon device counts 4 KiB frames whatever
+# the page size.
+ARCH = os.environ.get("RB_ARCH", "x86_64")
+PAGE = {"x86_64": 4096, "arm64": 65536}[ARCH]
+FRAME = 4096
+KERNEL_IMAGE = {"x86_64": "bzImage", "arm64": "Image"}[ARCH]
+
+
+def image_dir(flavour):
+    """Where a flavour's kernel and initramfs are (scripts/lib.sh's
+    flavour_out)."""
+    return OUT / (flavour if ARCH == "x86_64" else f"{ARCH}-{flavour}")
 
 # Reports that fail any test when they appear in the guest log.
 SPLAT = re.compile(
@@ -68,14 +84,14 @@ def accel():
     forced = os.environ.get("RB_ACCEL")
     if forced:
         return forced
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if ARCH != os.uname().machine or not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
     stamp = RUN / "accel"
     if stamp.exists():
         return stamp.read_text().strip()
     result = "tcg"
     try:
-        flavour = "release" if (OUT / "release" / "bzImage").exists() else "debug"
+        flavour = "release" if (image_dir("release") / KERNEL_IMAGE).exists() else "debug"
         g = Guest(flavour, mem="512M", smp=1, accel="kvm", name="kvm-probe")
         try:
             g.start(boot_timeout=20)
@@ -97,7 +113,7 @@ class Guest:
 
     def __init__(self, flavour="debug", mem="4G", smp=2, append="",
                  balloon="", accel=None, name="guest", extra=(),
-                 kunit=False, shell=False, machine="q35", reboot=False):
+                 kunit=False, shell=False, machine=None, reboot=False):
         self.flavour = flavour
         self.mem = mem
         self.smp = smp
@@ -107,7 +123,7 @@ class Guest:
         self.console = self.dir / "console.log"
         self.kunit = kunit
         self.shell = shell
-        self.machine = machine
+        self.machine = machine or ("q35" if ARCH == "x86_64" else "virt")
         self.reboot_ok = reboot
         self.append = append
         self.balloon_opts = balloon
@@ -121,28 +137,35 @@ class Guest:
     # -- life cycle -------------------------------------------------------
 
     def command(self):
-        img = OUT / self.flavour
-        for f in ("bzImage", "initramfs.cpio"):
+        img = image_dir(self.flavour)
+        for f in (KERNEL_IMAGE, "initramfs.cpio"):
             if not (img / f).exists():
-                raise GuestError(f"{img / f} missing: run make {self.flavour}")
+                raise GuestError(f"{img / f} missing: run make {self.flavour} ARCH={ARCH}")
         accel = self.accel or accel_default()
         append = [
-            "console=ttyS0", "loglevel=7", "panic=-1",
+            "console=ttyS0" if ARCH == "x86_64" else "console=ttyAMA0",
+            "loglevel=7", "panic=-1",
             "kunit.enable=1" if self.kunit else "kunit.enable=0",
             "rb.shell" if self.shell else "",
             self.append,
         ]
-        cmd = [
-            "qemu-system-x86_64", "-accel", accel,
+        if ARCH == "x86_64":
             # la57=off: with 5-level paging, an interrupt taken while the
             # debug kernel calibrates its delay loop can make KASAN report a
             # wild access to the irq descriptor (seen once in CI, in 7.3.4
             # under TCG); 4-level paging is what these guests are meant to use.
-            "-cpu", "host" if accel == "kvm" else "max,la57=off",
+            cpu = "host" if accel == "kvm" else "max,la57=off"
+        else:
+            # pauth-impdef: TCG computes pointer authentication codes with
+            # QEMU's own cheap function instead of QARMA, several times faster.
+            cpu = "host" if accel == "kvm" else "max,pauth-impdef=on"
+        cmd = [
+            f"qemu-system-{'x86_64' if ARCH == 'x86_64' else 'aarch64'}",
+            "-accel", accel, "-cpu", cpu,
             "-M", self.machine, "-m", self.mem, "-smp", str(self.smp),
             "-nodefaults", "-display", "none",
             *([] if self.reboot_ok else ["-no-reboot"]),
-            "-kernel", str(img / "bzImage"), "-initrd", str(img / "initramfs.cpio"),
+            "-kernel", str(img / KERNEL_IMAGE), "-initrd", str(img / "initramfs.cpio"),
             "-append", " ".join(a for a in append if a),
             "-qmp", f"unix:{self.dir / 'qmp.sock'},server=on,wait=off",
         ]
@@ -151,14 +174,18 @@ class Guest:
         else:
             cmd += ["-chardev", f"file,id=con,path={self.console}",
                     "-serial", "chardev:con"]
-        cmd += ["-chardev", f"socket,id=agent,path={self.dir / 'agent.sock'},server=on,wait=off",
-                "-serial", "chardev:agent"]
+        cmd += ["-chardev", f"socket,id=agent,path={self.dir / 'agent.sock'},server=on,wait=off"]
+        if ARCH == "x86_64":
+            cmd += ["-serial", "chardev:agent"]
+        else:
+            cmd += ["-device", "virtio-serial-pci,id=vser",
+                    "-device", "virtconsole,chardev=agent"]
         # q35, whose ACPI PCI routing is a table: the loop in i440fx's _PRT
         # can outlast ACPICA's 30 s loop timeout on a slow KASAN guest, and
         # the device would get no interrupt. The balloon sits behind a PCIe
         # root port so that it can be hot-unplugged.
         bus = []
-        if self.machine == "q35":
+        if self.machine in ("q35", "virt"):
             cmd += ["-device", "pcie-root-port,id=rp0,chassis=1"]
             bus = ["bus=rp0"]
         if self.balloon_opts is not None:
@@ -190,6 +217,10 @@ class Guest:
         if boot_timeout is None:
             boot_timeout = 180 if self.flavour == "debug" else 60
         self.wait_ready(boot_timeout)
+        page = int(self.sh("awk '/^KernelPageSize/ {print $2; exit}' /proc/self/smaps")) * 1024
+        if page != PAGE:
+            self.close()
+            raise GuestError(f"the {ARCH} guest has {page} B pages, the tests expect {PAGE}")
         return self
 
     def _qmp_connect(self, tries=3):
@@ -365,7 +396,7 @@ class Guest:
         MemFree leaves out."""
         out = self.sh("grep MemFree /proc/meminfo; grep '^ *count:' /proc/zoneinfo")
         lines = out.splitlines()
-        free = int(lines[0].split()[1]) // 4
+        free = int(lines[0].split()[1]) * 1024 // PAGE
         return free + sum(int(l.split()[1]) for l in lines[1:])
 
     # Where memory freed by a command goes again within it: slab (KASAN's

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from guest import MiB, PAGE, QMPError
+from guest import FRAME, MiB, PAGE, QMPError
 
 # Generous: a KASAN guest under TCG inflates at about 300 MiB/s.
 MOVE_TIMEOUT = 300
@@ -51,13 +51,39 @@ def test_inflate_deflate_targets(driver, guest):
         prev, size_prev = c, size
 
 
-def test_compaction_migrates_balloon_pages(driver, guest):
-    """Balloon pages scattered between free pages are migrated by
-    /proc/sys/vm/compact_memory; migration leaves the balloon's size alone."""
+def round_up(n, to):
+    return -(-n // to) * to
+
+
+def test_target_between_pages(driver, guest):
+    """Targets that are not a whole number of pages (of 64 KiB on arm64, 16
+    of the device's 4 KiB frames): the balloon is rounded up to whole pages,
+    as C rounds it, on the way up and on the way down, and then stays put
+    instead of inflating and deflating a page for ever."""
+    ram = guest.ram_bytes()
+    for size in (256 * MiB + 5 * FRAME, 64 * MiB + 9 * FRAME, 3 * FRAME):
+        want = round_up(size, PAGE)
+        guest.balloon(ram - size)
+        actual, secs = guest.wait_actual(ram - want, timeout=MOVE_TIMEOUT)
+        c = balloon_counters(guest)
+        assert c["nr_balloon_pages"] * PAGE == want
+        time.sleep(2)
+        assert guest.actual() == ram - want
+        assert balloon_counters(guest) == c, "the balloon kept moving"
+        print(f"target {size // FRAME} frames: balloon {want // FRAME} frames "
+              f"({want // PAGE} pages) in {secs:.2f} s")
+    guest.balloon(ram)
+    guest.wait_actual(ram, timeout=MOVE_TIMEOUT)
+    assert balloon_counters(guest)["nr_balloon_pages"] == 0
+
+
+def scatter_balloon(guest):
+    """Inflates a balloon whose pages lie scattered between free pages, for
+    compaction to migrate; returns its size in bytes. Held pages with a hole
+    every third page; the balloon fills the holes, then the holder exits and
+    leaves free pages between balloon pages."""
     ram = guest.ram_bytes()
     avail = guest.meminfo()["MemAvailable"] * 1024
-    # Held pages with a hole every third page; the balloon fills the holes,
-    # then the holder exits and leaves free pages between balloon pages.
     guest.sh(f"fragment {avail * 6 // 10 // MiB} >/tmp/frag.out 2>&1 & "
              "echo $! >/tmp/frag.pid; "
              "while ! grep -q ready /tmp/frag.out; do sleep 0.2; done",
@@ -68,6 +94,14 @@ def test_compaction_migrates_balloon_pages(driver, guest):
     guest.wait_actual(ram - size, timeout=MOVE_TIMEOUT)
     guest.sh("kill $(cat /tmp/frag.pid); "
              "while kill -0 $(cat /tmp/frag.pid) 2>/dev/null; do sleep 0.2; done")
+    return size
+
+
+def test_compaction_migrates_balloon_pages(driver, guest):
+    """Balloon pages scattered between free pages are migrated by
+    /proc/sys/vm/compact_memory; migration leaves the balloon's size alone."""
+    ram = guest.ram_bytes()
+    size = scatter_balloon(guest)
     before = balloon_counters(guest)
     guest.sh("echo 1 > /proc/sys/vm/compact_memory", timeout=600)
     after = balloon_counters(guest)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Provide the static busybox of a guest whose architecture is not the host's:
+# Debian's busybox-static for $DEB_ARCH, fetched through a private apt state
+# (see private_apt in lib.sh) and unpacked once into
+# $CACHE/busybox-$DEB_ARCH/. An x86_64 guest uses the host's busybox-static.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+dest=$CACHE/busybox-$DEB_ARCH
+[ -x "$dest/bin/busybox" ] && exit 0
+
+pkg=busybox-static
+private_apt "$DEB_ARCH"
+ver=$(apt-cache "${apt_opts[@]}" madison "$pkg" | awk -F' *\\| *' '{print $2}' |
+	sort -V | tail -n 1)
+[ -n "$ver" ] || die "no $pkg:$DEB_ARCH in trixie-backports or sid"
+debs=$CACHE/debs-$DEB_ARCH
+mkdir -p "$debs"
+(cd "$debs" && run_logged "$LOGS/apt-download-$DEB_ARCH.log" \
+	"downloading $pkg:$DEB_ARCH $ver" apt-get "${apt_opts[@]}" download "$pkg:$DEB_ARCH=$ver")
+deb=$(ls -t "$debs/${pkg}_"*"_$DEB_ARCH.deb" | head -n 1)
+
+rm -rf "$dest.tmp" "$dest.deb"
+dpkg-deb -x "$deb" "$dest.deb"
+bb=
+for f in "$dest.deb"/usr/bin/busybox "$dest.deb"/bin/busybox; do
+	[ "$(head -c 4 "$f" 2>/dev/null)" = $'\x7fELF' ] && bb=$f && break
+done
+[ -n "$bb" ] || die "$deb has no busybox executable in /usr/bin or /bin"
+mkdir -p "$dest.tmp/bin"
+cp "$bb" "$dest.tmp/bin/busybox"
+rm -rf "$dest" "$dest.deb"
+mv "$dest.tmp" "$dest"
+note "busybox for $DEB_ARCH: $dest/bin/busybox ($pkg $ver)"
