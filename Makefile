@@ -25,7 +25,8 @@ ARCH ?= x86_64
 # The arm64 lane: what 64 KiB pages, the virt machine and NUMA change. The
 # rest of the suite tests code that is the same on every architecture.
 TESTS_arm64 := tests/test_kunit.py tests/test_balloon.py tests/test_numa.py \
-	tests/test_free_page_reporting.py tests/test_absurd_target.py
+	tests/test_free_page_reporting.py tests/test_absurd_target.py \
+	tests/test_sim_device.py::test_largest_target_inflates
 TESTS ?= $(or $(TESTS_$(ARCH)),tests)
 REPORT := build/report$(if $(filter-out x86_64,$(ARCH)),-$(ARCH)).xml
 export KDIR LLVM_SUFFIX RB_ACCEL ARCH
