@@ -19,7 +19,9 @@ debs=$CACHE/debs-$DEB_ARCH
 mkdir -p "$debs"
 (cd "$debs" && run_logged "$LOGS/apt-download-$DEB_ARCH.log" \
 	"downloading $pkg:$DEB_ARCH $ver" apt-get "${apt_opts[@]}" download "$pkg:$DEB_ARCH=$ver")
-deb=$(ls -t "$debs/${pkg}_"*"_$DEB_ARCH.deb" | head -n 1)
+# apt-get download names the file after the version, its epoch colon escaped.
+deb=$debs/${pkg}_${ver//:/%3a}_$DEB_ARCH.deb
+[ -f "$deb" ] || die "apt-get download left no $deb" "log: $LOGS/apt-download-$DEB_ARCH.log"
 
 rm -rf "$dest.tmp" "$dest.deb"
 dpkg-deb -x "$deb" "$dest.deb"
@@ -28,6 +30,11 @@ for f in "$dest.deb"/usr/bin/busybox "$dest.deb"/bin/busybox; do
 	[ "$(head -c 4 "$f" 2>/dev/null)" = $'\x7fELF' ] && bb=$f && break
 done
 [ -n "$bb" ] || die "$deb has no busybox executable in /usr/bin or /bin"
+# ELF e_machine (16 bits at offset 18) must be the guest's: EM_AARCH64 is 183.
+want_machine=$(case $DEB_ARCH in arm64) echo 183 ;; amd64) echo 62 ;; esac)
+got_machine=$(od -An -t u2 -j 18 -N 2 "$bb" | tr -d ' ')
+[ "$got_machine" = "$want_machine" ] ||
+	die "$deb's busybox is for ELF machine $got_machine, not $DEB_ARCH ($want_machine)"
 mkdir -p "$dest.tmp/bin"
 cp "$bb" "$dest.tmp/bin/busybox"
 rm -rf "$dest" "$dest.deb"

@@ -83,7 +83,8 @@ kernel_version() {
 # cache for Debian's trixie-backports and sid, packages for DEB_ARCH, and
 # update its lists. apt-get download checks every .deb against the signed
 # Release file. The mirror is the one this machine's apt already uses: its
-# host name is read from /etc/apt and never written down.
+# host name is read from /etc/apt and goes only into the cache's apt state
+# and build/logs/, never into the repository.
 private_apt() {
 	local arch=$1 hint=${2:-}
 	apt_dir=$CACHE/apt

@@ -84,7 +84,8 @@ def accel():
     forced = os.environ.get("RB_ACCEL")
     if forced:
         return forced
-    if ARCH != os.uname().machine or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    host = {"aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    if ARCH != host or not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
     stamp = RUN / "accel"
     if stamp.exists():
@@ -436,8 +437,8 @@ class Guest:
     def balloon_features(self):
         """The bound balloon's feature bits as the virtio core shows them
         (/sys/bus/virtio/devices/*/features), bit 0 first."""
-        out = self.run("for d in /sys/bus/virtio/devices/*; do "
-                       "[ $(cat $d/device) = 0x0005 ] && cat $d/features; done").out.split()
+        out = self.run("for d in $(grep -l 0x0005 /sys/bus/virtio/devices/*/device); do "
+                       "cat ${d%/device}/features; done").out.split()
         assert len(out) == 1, out
         return out[0]
 

@@ -69,7 +69,11 @@ def test_target_between_pages(driver, guest):
         assert c["nr_balloon_pages"] * PAGE == want
         time.sleep(2)
         assert guest.actual() == ram - want
-        assert balloon_counters(guest) == c, "the balloon kept moving"
+        # Not the migration counters: kcompactd may move balloon pages.
+        moved = balloon_counters(guest)
+        assert all(moved[k] == c[k] for k in
+                   ("nr_balloon_pages", "balloon_inflate", "balloon_deflate")), \
+            f"the balloon kept moving: {c} then {moved}"
         print(f"target {size // FRAME} frames: balloon {want // FRAME} frames "
               f"({want // PAGE} pages) in {secs:.2f} s")
     guest.balloon(ram)
