@@ -15,6 +15,7 @@ guests makes one. Needs CONFIG_NUMA: the arm64 lane's kernel has it
 
 import re
 import sys
+import time
 
 import pytest
 
@@ -80,6 +81,19 @@ def nodes(guest):
     return {n: (balloon[n], managed[n], offline[n]) for n in balloon}
 
 
+def settled_nodes(guest, timeout=30):
+    """nodes(), once every node's `Balloon:` line equals its PageOffline
+    count: a page being migrated is in a balloon twice for a moment (the new
+    one inserted, the old one not yet freed), and kcompactd may be
+    migrating while the test reads. A miscount stays; a migration ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = nodes(guest)
+        if all(b == o for b, _, o in now.values()) or time.monotonic() > deadline:
+            return now
+        time.sleep(1)
+
+
 def test_balloon_pages_counted_per_node_through_compaction(driver, guest):
     """A balloon with pages on both nodes, migrated by repeated compaction:
     each node's `Balloon:` line is the number of its pages in the balloon,
@@ -98,7 +112,7 @@ def test_balloon_pages_counted_per_node_through_compaction(driver, guest):
             before = balloon_counters(guest)["balloon_migrate"]
             guest.sh("echo 1 > /proc/sys/vm/compact_memory", timeout=600)
             migrated += balloon_counters(guest)["balloon_migrate"] - before
-        now = nodes(guest)
+        now = settled_nodes(guest)
         c = balloon_counters(guest)
         print(f"after {i} compactions: nodes {now}, vmstat {c}")
         assert sum(b for b, _, _ in now.values()) == c["nr_balloon_pages"] == size // PAGE
