@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from guest import MiB, PAGE, Guest  # noqa: E402
+from test_absurd_target import hog_from_a_big_balloon  # noqa: E402
 
 TOP = Path(__file__).resolve().parent.parent
 OUT = TOP / "build" / "bench"
@@ -49,6 +50,12 @@ ROWS = {
     "prof_kicks": ("  virtqueue_kick() calls per balloon page migrated", "calls", None),
     "prof_get_bufs": ("  virtqueue_get_buf() calls per balloon page migrated", "calls", None),
     "prof_irqs": ("  vring_interrupt() calls per balloon page migrated", "calls", None),
+    "oom_secs": ("hog gets 50 % of RAM from a 90 % balloon (deflate-on-oom, 1 GiB guest)",
+                 "s", False),
+    "oom_calls": ("  OOM rounds meanwhile (out_of_memory() calls)", "calls", None),
+    "oom_deflated": ("  deflated meanwhile (balloon_deflate)", "MiB", None),
+    "oom_shrunk": ("  balloon smaller 8 s after, the hog still holding its memory", "MiB",
+                   False),
     "coresize": ("module size in memory (/sys/module/*/coresize)", "bytes", False),
     "ko": ("module file size (.ko)", "bytes", False),
     "text": ("  text (core: all but .init)", "bytes", None),
@@ -321,6 +328,48 @@ COMPACTION_KEYS = ("migrated", "migrate_rate", "compact_secs", "failed", "irqs_p
                    "prof_share", "prof_kicks", "prof_get_bufs", "prof_irqs")
 
 
+def oom_phase(reps, results):
+    """The deflate-on-OOM rows, in a guest of their own (1 GiB, deflate-on-oom):
+    test_absurd_target.hog_from_a_big_balloon per driver and repetition, with
+    ftrace's function profiler counting out_of_memory() calls."""
+    g = Guest("release", mem="1G", balloon="deflate-on-oom=on", name="bench-oom")
+    print(f"==> booting the deflate-on-OOM guest (console: {g.console.relative_to(Path.cwd())})")
+    try:
+        g.start()
+        ram = g.ram_bytes()
+        g.run(f"test -e {TRACING}/function_profile_enabled || "
+              f"mount -t tracefs nodev {TRACING}", check=False)
+        prof = g.run(f"echo out_of_memory > {TRACING}/set_ftrace_filter", check=False).rc == 0
+        if not prof:
+            print("    warning: no function profiler in this kernel: no oom_calls row")
+        for rep in range(reps):
+            for drv in (("c", "rust") if rep % 2 == 0 else ("rust", "c")):
+                print(f"==> deflate-on-OOM {rep + 1}/{reps}: {MODULES[drv]}")
+                g.sh(f"insmod /modules/{MODULES[drv]}.ko")
+                if prof:
+                    g.sh(f"echo 0 > {TRACING}/function_profile_enabled; "
+                         f"echo 1 > {TRACING}/function_profile_enabled")
+                f = hog_from_a_big_balloon(g)
+                if prof:
+                    g.sh(f"echo 0 > {TRACING}/function_profile_enabled")
+                    calls = sum(int(m.group(2)) for m in map(
+                        PROFILE_LINE.match, g.sh(f"cat {TRACING}/trace_stat/function*")
+                        .splitlines()) if m and m.group(1) == "out_of_memory")
+                    results[drv]["oom_calls"].append(calls)
+                assert f["oom_kills"] == 0, f"{drv}: an OOM kill"
+                results[drv]["oom_secs"].append(f["secs"])
+                results[drv]["oom_deflated"].append(f["deflated"] / MiB)
+                results[drv]["oom_shrunk"].append(f["shrunk"] / MiB)
+                g.balloon(ram)
+                g.wait_actual(ram, timeout=300)
+                g.sh(f"rmmod {MODULES[drv]}")
+        splats = g.splats()
+    finally:
+        g.close()
+    if splats:
+        sys.exit("kernel report in the deflate-on-OOM guest's log:\n" + "\n".join(splats))
+
+
 def drop_broken_compactions(results):
     """A compaction that migrated under a quarter of the median, for either
     driver, did not run on the fragmented layout (once, C's migrated 6747
@@ -417,6 +466,8 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--mem", default="4G")
+    ap.add_argument("--only-oom", action="store_true",
+                    help="run only the deflate-on-OOM rows")
     ap.add_argument("--profile", action="store_true",
                     help="run ftrace's function profiler during compaction (the prof_* "
                     "rows); it slows compaction, so the timing rows are not comparable "
@@ -432,7 +483,7 @@ def main():
     try:
         g.start()
         ram = g.ram_bytes()
-        for rep in range(args.reps):
+        for rep in range(0 if args.only_oom else args.reps):
             order = ("c", "rust") if rep % 2 == 0 else ("rust", "c")
             for drv in order:
                 print(f"==> repetition {rep + 1}/{args.reps}: {MODULES[drv]}")
@@ -443,6 +494,7 @@ def main():
         g.close()
     if splats:
         sys.exit("kernel report in the guest log:\n" + "\n".join(splats))
+    oom_phase(args.reps, results)
 
     drop_broken_compactions(results)
     rows = summarise(results)

@@ -63,6 +63,57 @@ def test_memory_hog_gets_the_balloon_back(driver, guest):
     assert guest.actual() == ram - v["nr_balloon_pages"] * PAGE
 
 
+def hog_from_a_big_balloon(guest, hog_share=2, settle=8, timeout=900):
+    """Firecracker #4324 (R6 in balloon-reference.md): a balloon at 90 % of
+    RAM (or as near as leaves 64 MiB available), then a process that writes
+    1/hog_share of RAM and keeps it. Returns the seconds until the process
+    has written all of it, the bytes deflated meanwhile (balloon_deflate),
+    the bytes the balloon was smaller once it had settled for `settle`
+    seconds after, and the OOM kills; the process is killed at the end."""
+    ram = guest.ram_bytes()
+    avail = guest.meminfo()["MemAvailable"] * 1024
+    size = min(ram * 9 // 10, avail - 64 * MiB) // MiB * MiB
+    guest.balloon(ram - size)
+    guest.wait_actual(ram - size, timeout=600)
+    v0 = guest.vmstat()
+    hog = ram // hog_share // MiB
+    t0 = time.monotonic()
+    r = guest.run(f"dirty {hog} hold >/tmp/hog.out 2>&1 & echo $! >/tmp/hog.pid; "
+                  "while ! grep -q ready /tmp/hog.out; do "
+                  "kill -0 $(cat /tmp/hog.pid) 2>/dev/null || exit 1; sleep 0.05; done",
+                  timeout=timeout, check=False)
+    secs = time.monotonic() - t0
+    try:
+        assert r.rc == 0, f"the hog died: {guest.sh('cat /tmp/hog.out')}"
+        v1 = guest.vmstat()
+        time.sleep(settle)
+        v = guest.vmstat()
+    finally:
+        guest.sh("kill $(cat /tmp/hog.pid); "
+                 "while kill -0 $(cat /tmp/hog.pid) 2>/dev/null; do sleep 0.1; done")
+    return {"secs": secs, "balloon": size, "hog": hog * MiB,
+            "deflated": (v1["balloon_deflate"] - v0["balloon_deflate"]) * PAGE,
+            "shrunk": (v0["nr_balloon_pages"] - v["nr_balloon_pages"]) * PAGE,
+            "oom_kills": v["oom_kill"] - v0["oom_kill"], "actual": guest.actual(),
+            "nr_balloon_pages": v["nr_balloon_pages"]}
+
+
+def test_hog_half_of_ram_from_a_90_percent_balloon(driver, guest):
+    """A process writes half of RAM while the balloon holds nearly all the
+    rest: it completes, nothing is OOM-killed, the balloon gives back what
+    it needs, and `actual` follows. How long it takes is `make bench`'s
+    row; the Rust driver gives back more per OOM call when calls come in
+    quick succession, and takes back the surplus once they stop."""
+    ram = guest.ram_bytes()
+    f = hog_from_a_big_balloon(guest)
+    print(f"{driver.module}: a {f['hog'] // MiB} MiB hog from a {f['balloon'] // MiB} MiB "
+          f"balloon: {f['secs']:.1f} s, {f['deflated'] // MiB} MiB deflated meanwhile, "
+          f"{f['shrunk'] // MiB} MiB smaller after settling")
+    assert f["oom_kills"] == 0
+    assert f["deflated"] > 0
+    assert f["actual"] == ram - f["nr_balloon_pages"] * PAGE
+
+
 @pytest.mark.checks_splats
 @pytest.mark.parametrize("which", [
     pytest.param("c", marks=pytest.mark.xfail(

@@ -27,6 +27,9 @@
 //!   concurrently (but for a kexec jump, which leaves the work running during freeze, as in C);
 //!   the OOM notifier deflates concurrently with them. Each step is one request, under that
 //!   lock.
+//! - The OOM notifier holds its burst's mutex ([`OomBurst`]) across the requests of a call
+//!   (up to 64 of them), so takes it before the ring lock; the work item takes it alone, to read
+//!   how much inflation must leave alone.
 
 use core::mem::size_of;
 
@@ -60,7 +63,10 @@ use kernel::{
         }, //
     },
     new_mutex, new_spinlock,
-    page::PAGE_SIZE,
+    page::{
+        PAGE_SHIFT,
+        PAGE_SIZE, //
+    },
     prelude::*,
     ratelimit::RateLimit,
     sync::{
@@ -75,7 +81,9 @@ use kernel::{
     },
     time::{
         delay::fsleep,
-        Delta, //
+        Delta,
+        Instant,
+        Monotonic, //
     },
     virtio::{
         self,
@@ -154,8 +162,52 @@ fn reserve_pages() -> usize {
     (total / 128).max((32 << 20) / PAGE_SIZE)
 }
 
-/// Pages the OOM notifier gives back per call, as the C driver.
+/// Pages the OOM notifier gives back on a first call: 1 MiB, as the C driver.
 const OOM_PAGES: usize = 256 / FRAMES_4K_PER_PAGE;
+/// The most it gives back in one call: 64 MiB.
+const OOM_PAGES_MAX: usize = (64 << 20) / PAGE_SIZE;
+/// A call within this time of the previous one is the same shortage. Generous: under TCG the
+/// faults and the failed reclaim between two calls can take a second or more.
+const OOM_BURST: Delta = Delta::from_secs(5);
+/// How long what a burst gave back stays out of inflation's reach after its last call.
+const OOM_HOLD: Delta = Delta::from_secs(6);
+
+/// The OOM notifier's memory of the current shortage, and of the last ones.
+///
+/// Each OOM call comes after a full round of failed reclaim: giving 1 MiB per call, as C does,
+/// leaves a process that needs hundreds of MiB crawling through hundreds of such rounds. So
+/// within a burst of calls each asks twice as much as the one before, up to [`OOM_PAGES_MAX`].
+/// What the last call gave beyond the need, at most its own size, inflation takes back once the
+/// burst has been over for [`OOM_HOLD`]. Page cache is reclaimed before any OOM call, so
+/// memory pressure that reclaim can relieve does not deflate the balloon.
+#[derive(Default)]
+struct OomBurst {
+    /// What the last call asked for.
+    pages: usize,
+    /// What the burst gave back in all.
+    total: usize,
+    /// When the last call ended.
+    last: Option<Instant<Monotonic>>,
+    /// `MemAvailable` above the reserve when the guest last ran out of memory, in pages.
+    /// Inflation leaves it alone too; it halves with every minute without an OOM call.
+    learned: usize,
+}
+
+impl OomBurst {
+    /// Pages inflation must leave alone beyond the reserve.
+    fn held(&self) -> usize {
+        let Some(quiet) = self.last.map(|t| t.elapsed()) else {
+            return 0;
+        };
+        let burst = if quiet < OOM_HOLD { self.total } else { 0 };
+        burst + self.learned_now(quiet)
+    }
+
+    /// `learned`, halved for every minute of `quiet`.
+    fn learned_now(&self, quiet: Delta) -> usize {
+        self.learned >> (quiet.as_millis() / 60_000).clamp(0, 63)
+    }
+}
 
 kernel::virtio_device_table!(
     VIRTIO_BALLOON_TABLE,
@@ -273,6 +325,8 @@ struct Shared<'a> {
     reserve: usize,
     /// Whether the reserve held inflation back since the target was last reached.
     held_back: Atomic<bool>,
+    #[pin]
+    oom: Mutex<OomBurst>,
     hints: Option<Pin<KBox<Hints>>>,
     /// "Out of puff" repeats every 200 ms while memory is short: as in C, 10 per 5 s.
     #[pin]
@@ -335,14 +389,15 @@ impl Shared<'_> {
         if target > size {
             // The guest keeps its reserve whatever the host asks: the C driver takes every page
             // that frees up until the OOM killer has nothing left to kill.
-            let room = balloon::available_pages().saturating_sub(self.reserve);
+            let keep = self.reserve + self.oom.lock().held();
+            let room = balloon::available_pages().saturating_sub(keep);
             let want = (target - size).min(PAGES_PER_REQUEST).min(room);
             if want == 0 {
                 if !self.held_back.xchg(true, Relaxed) {
                     dev_info!(
                         self.dev,
                         "Keeping {} MiB available to the guest: the target is out of reach\n",
-                        (self.reserve * PAGE_SIZE) >> 20
+                        keep >> (20 - PAGE_SHIFT)
                     );
                 }
                 fsleep(Delta::from_millis(200));
@@ -495,7 +550,34 @@ impl oom::Handler for Shared<'_> {
     const PRIORITY: i32 = 80;
 
     fn out_of_memory(&self) -> usize {
-        let freed = self.leak(OOM_PAGES);
+        // Calls are serialised by the OOM path's own lock; this one only orders them against
+        // `step()`, which reads what the burst holds.
+        let mut burst = self.oom.lock();
+        // Out of memory with this much still counted available: MemAvailable can overstate what
+        // an allocation can get (per-CPU counter drift, file pages counted nearly in full, free
+        // memory in another node or zone), and inflating into it would bring this back.
+        let seen = (balloon::available_pages() + OOM_PAGES).saturating_sub(self.reserve);
+        let before = burst.last.map_or(0, |t| burst.learned_now(t.elapsed()));
+        burst.learned = before
+            .max(seen)
+            .min(vmstat::MemInfo::now().total as usize / 8);
+        let want = if burst.last.is_some_and(|t| t.elapsed() < OOM_BURST) {
+            (burst.pages * 2).min(OOM_PAGES_MAX)
+        } else {
+            burst.total = 0;
+            OOM_PAGES
+        };
+        let mut freed = 0;
+        while freed < want {
+            match self.leak((want - freed).min(PAGES_PER_REQUEST)) {
+                0 => break,
+                n => freed += n,
+            }
+        }
+        burst.pages = want;
+        burst.total += freed;
+        burst.last = Some(Instant::now());
+        drop(burst);
         self.update_actual();
         freed
     }
@@ -598,6 +680,7 @@ impl<'a> Shared<'a> {
                 dev: bound,
                 reserve: reserve_pages(),
                 held_back: Atomic::new(false),
+                oom <- new_mutex!(OomBurst::default()),
                 hints,
                 puff <- RateLimit::new(c"virtio_balloon"),
                 balloon <- balloon::Balloon::new_for(
