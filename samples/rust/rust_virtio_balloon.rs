@@ -553,17 +553,19 @@ impl oom::Handler for Shared<'_> {
         // Calls are serialised by the OOM path's own lock; this one only orders them against
         // `step()`, which reads what the burst holds.
         let mut burst = self.oom.lock();
-        // Out of memory with this much still counted available: MemAvailable can overstate what
-        // an allocation can get (per-CPU counter drift, file pages counted nearly in full, free
-        // memory in another node or zone), and inflating into it would bring this back.
-        let seen = (balloon::available_pages() + OOM_PAGES).saturating_sub(self.reserve);
-        let before = burst.last.map_or(0, |t| burst.learned_now(t.elapsed()));
-        burst.learned = before
-            .max(seen)
-            .min(vmstat::MemInfo::now().total as usize / 8);
         let want = if burst.last.is_some_and(|t| t.elapsed() < OOM_BURST) {
             (burst.pages * 2).min(OOM_PAGES_MAX)
         } else {
+            // A new shortage, out of memory with this much still counted available:
+            // MemAvailable can overstate what an allocation can get (per-CPU counter drift, file
+            // pages counted nearly in full, free memory in another node or zone), and inflating
+            // into it would bring this back. Only the first call of a burst learns: later ones
+            // would count what the burst itself just gave back.
+            let seen = (balloon::available_pages() + OOM_PAGES).saturating_sub(self.reserve);
+            let before = burst.last.map_or(0, |t| burst.learned_now(t.elapsed()));
+            burst.learned = before
+                .max(seen)
+                .min(vmstat::MemInfo::now().total as usize / 8);
             burst.total = 0;
             OOM_PAGES
         };
