@@ -434,13 +434,18 @@ class Guest:
     def ram_bytes(self):
         return self.qmp("query-memory-size-summary")["base-memory"]
 
+    def balloon_devices(self):
+        """The sysfs directories of the virtio balloons on the bus (device id
+        5; the arm64 guest has a virtio console beside them)."""
+        out = self.sh("grep -l 0x0005 /sys/bus/virtio/devices/*/device 2>/dev/null || true")
+        return [d.removesuffix("/device") for d in out.split()]
+
     def balloon_features(self):
         """The bound balloon's feature bits as the virtio core shows them
         (/sys/bus/virtio/devices/*/features), bit 0 first."""
-        out = self.run("for d in $(grep -l 0x0005 /sys/bus/virtio/devices/*/device 2>/dev/null); do "
-                       "cat ${d%/device}/features; done").out.split()
-        assert len(out) == 1, out
-        return out[0]
+        devs = self.balloon_devices()
+        assert len(devs) == 1, devs
+        return self.sh(f"cat {devs[0]}/features").strip()
 
     def actual(self):
         return self.qmp("query-balloon")["actual"]

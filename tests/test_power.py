@@ -72,8 +72,9 @@ def test_suspend_resume_keeps_the_balloon(driver, guest):
 
 def balloon_device(guest):
     """The sysfs directory of the balloon's virtio device."""
-    return guest.sh("grep -l 0x0005 /sys/bus/virtio/devices/*/device").strip() \
-        .removesuffix("/device")
+    devs = guest.balloon_devices()
+    assert len(devs) == 1, devs
+    return devs[0]
 
 
 def wakeup(guest, dev):

@@ -39,17 +39,10 @@ def test_module_alias(drv, tmp_path):
     assert "alias=virtio:d00000005v*" in info
 
 
-def balloon_devices(guest):
-    """The virtio balloons on the bus (the arm64 guest has a virtio console
-    beside them, for the command agent)."""
-    out = guest.sh("grep -l 0x0005 /sys/bus/virtio/devices/*/device 2>/dev/null || true")
-    return [line.split("/")[-2] for line in out.split()]
-
-
 def virtio_device(guest):
-    devs = balloon_devices(guest)
+    devs = guest.balloon_devices()
     assert len(devs) == 1, devs
-    return devs[0]
+    return devs[0].rsplit("/", 1)[1]
 
 
 def bound_driver(guest, dev):
@@ -146,7 +139,7 @@ def test_hot_unplug_while_inflating(drv):
         while "balloon0" in str(g.qmp("qom-list", path="/machine/peripheral")):
             assert time.monotonic() - t0 < MOVE_TIMEOUT, "the device was not removed"
             time.sleep(0.5)
-        assert balloon_devices(g) == []
+        assert g.balloon_devices() == []
         assert g.vmstat()["nr_balloon_pages"] == 0
         assert abs(g.free_pages() - free0) * PAGE < 16 * MiB
         g.sh(f"rmmod {module}")
